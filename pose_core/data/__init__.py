@@ -1,0 +1,61 @@
+"""Data for pose-distribution models: a headless renderer, SYMSOL shapes, SYMSOL-like datasets,
+and loaders for the public ModelNet10-SO(3) and PASCAL3D+ layouts.
+
+Conventions (pose rotations, frames) are those of :mod:`pose_core.so3`.
+"""
+
+from pose_core.data.modelnet import MODELNET10_CATEGORIES, ModelNet10SO3
+from pose_core.data.pascal3d import PASCAL3D_CATEGORIES, Pascal3D, Pascal3DReal, Pascal3DSynth
+from pose_core.data.render import Camera, Mesh, Occluder, Renderer, random_occluders
+from pose_core.data.shapes import (
+    SHAPE_NAMES,
+    SYMSOL_I,
+    SYMSOL_II,
+    MarkedShape,
+    Shape,
+    get_shape,
+    load_obj,
+    load_urdf,
+    make_shape,
+    mesh_shape,
+    symmetry_group_of_points,
+)
+from pose_core.data.symsol import (
+    SymsolFileError,
+    SymsolLikeDataset,
+    SymsolSplit,
+    collate_symsol,
+    item_rotation,
+    write_split,
+)
+
+__all__ = [
+    "Camera",
+    "Mesh",
+    "Occluder",
+    "Renderer",
+    "random_occluders",
+    "SHAPE_NAMES",
+    "SYMSOL_I",
+    "SYMSOL_II",
+    "Shape",
+    "MarkedShape",
+    "get_shape",
+    "make_shape",
+    "mesh_shape",
+    "load_obj",
+    "load_urdf",
+    "symmetry_group_of_points",
+    "SymsolFileError",
+    "SymsolLikeDataset",
+    "SymsolSplit",
+    "collate_symsol",
+    "item_rotation",
+    "write_split",
+    "MODELNET10_CATEGORIES",
+    "ModelNet10SO3",
+    "PASCAL3D_CATEGORIES",
+    "Pascal3D",
+    "Pascal3DReal",
+    "Pascal3DSynth",
+]

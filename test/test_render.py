@@ -1,0 +1,132 @@
+"""Tests of pose_core.data.render: determinism, framing, intrinsics and the camera convention."""
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from pose_core import so3
+from pose_core.data.render import Camera, Mesh, Occluder, Renderer
+from pose_core.data.shapes import _convex_polyhedron_faces, _cube_vertices
+
+SIZE = 96
+RED = (1.0, 0.0, 0.0)
+GREY = (0.6, 0.6, 0.6)
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    return Renderer(Camera(SIZE, SIZE))
+
+
+@pytest.fixture(scope="module")
+def cube_px() -> Mesh:
+    """Grey cube whose +x face (object frame) is red."""
+    v = _cube_vertices()
+    f = _convex_polyhedron_faces(v)
+    normal_x = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])[:, 0]
+    cols = np.where((normal_x > 1e-6)[:, None], RED, GREY)
+    return Mesh.from_indexed(v, f, cols, per_face=True)
+
+
+def _rotation_taking(a, b) -> np.ndarray:
+    """Shortest rotation (3, 3) taking unit vector a to direction b."""
+    a = np.asarray(a, float) / np.linalg.norm(a)
+    b = np.asarray(b, float) / np.linalg.norm(b)
+    axis = np.cross(a, b)
+    angle = math.atan2(np.linalg.norm(axis), a @ b)
+    omega = torch.tensor(axis / np.linalg.norm(axis) * angle)
+    return so3.rotvec_to_matrix(omega).numpy()
+
+
+def _random_rotation(seed: int) -> np.ndarray:
+    return so3.random_rotations(1, torch.Generator().manual_seed(seed), dtype=torch.float64)[0].numpy()
+
+
+def _red_mask(img: np.ndarray) -> np.ndarray:
+    img = img.astype(int)
+    return (img[..., 0] > 60) & (img[..., 1] < 20) & (img[..., 2] < 20)
+
+
+def test_same_pose_same_pixels(renderer, cube_px):
+    R = _random_rotation(0)
+    a = renderer.render(cube_px, R)
+    b = renderer.render(cube_px, torch.from_numpy(R))  # torch input too
+    fresh = Renderer(Camera(SIZE, SIZE)).render(cube_px, R)
+    assert a.shape == (SIZE, SIZE, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, fresh)
+
+
+def test_different_pose_different_image(renderer, cube_px):
+    a = renderer.render(cube_px, _random_rotation(1))
+    b = renderer.render(cube_px, _random_rotation(2))
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 2.0
+
+
+def test_object_centred_and_intrinsics(renderer, cube_px):
+    cam = renderer.camera
+    img = renderer.render(cube_px, np.eye(3))
+    mask = img.max(-1) > 0
+    rows, cols = np.nonzero(mask)
+    c = (SIZE - 1) / 2
+    assert abs(rows.mean() - c) < 0.5 and abs(cols.mean() - c) < 0.5
+    np.testing.assert_allclose(cam.project(np.array([0.0, 0.0, cam.distance])), [c, c])
+    # The silhouette's bounding box is that of the projected vertices (pinhole K), to a pixel.
+    R = _random_rotation(3)
+    img = renderer.render(cube_px, R)
+    rows, cols = np.nonzero(img.max(-1) > 40)
+    uv = cam.project(_cube_vertices() @ R.T + cam.translation)
+    assert abs(cols.min() - uv[:, 0].min()) < 1.0 and abs(cols.max() - uv[:, 0].max()) < 1.0
+    assert abs(rows.min() - uv[:, 1].min()) < 1.0 and abs(rows.max() - uv[:, 1].max()) < 1.0
+
+
+@pytest.mark.parametrize(
+    "direction, axis, side",
+    [((1, 0, -1), 1, "high"), ((-1, 0, -1), 1, "low"), ((0, 1, -1), 0, "high"), ((0, -1, -1), 0, "low")],
+)
+def test_camera_convention(renderer, cube_px, direction, axis, side):
+    """Object +x turned towards camera +x (right) / +y (down): the red face is in that image half."""
+    R = _rotation_taking((1, 0, 0), direction)
+    red = _red_mask(renderer.render(cube_px, R))
+    assert red.sum() > 50
+    centre = np.nonzero(red)[axis].mean()  # axis 0: rows (down = +y), 1: columns (right = +x)
+    assert (centre > SIZE / 2 + 10) if side == "high" else (centre < SIZE / 2 - 10)
+
+
+def test_background_and_occluders(renderer, cube_px):
+    R = _random_rotation(4)
+    plain = renderer.render(cube_px, R)
+    bg = np.zeros((SIZE, SIZE, 3), np.uint8)
+    bg[..., 2] = 200
+    with_bg = renderer.render(cube_px, R, background=bg)
+    empty = plain.max(-1) == 0
+    assert (with_bg[empty] == [0, 0, 200]).all()
+    inside = plain.max(-1) > 0
+    full = inside.copy()
+    full[1:-1, 1:-1] &= inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
+    np.testing.assert_array_equal(with_bg[full], plain[full])  # interior pixels untouched
+    colour = renderer.render(cube_px, R, background=(0.0, 1.0, 0.0))
+    assert (colour[empty] == [0, 255, 0]).all()
+    occ = Occluder(center=(0.0, 0.0, 2.0), half_size=(0.2, 0.2), color=(0.0, 0.0, 1.0))
+    occluded = renderer.render(cube_px, R, occluders=[occ])
+    c = SIZE // 2
+    assert (occluded[c - 2 : c + 3, c - 2 : c + 3] == [0, 0, 255]).all()
+    assert np.array_equal(occluded, renderer.render(cube_px, R, occluders=[occ]))
+
+
+def test_pickled_renderer_renders_the_same(renderer, cube_px):
+    R = _random_rotation(5)
+    clone = pickle.loads(pickle.dumps(renderer))
+    np.testing.assert_array_equal(clone.render(cube_px, R), renderer.render(cube_px, R))
+
+
+def test_bad_input(renderer, cube_px):
+    with pytest.raises(ValueError, match=r"\(3, 3\)"):
+        renderer.render(cube_px, np.eye(4))
+    with pytest.raises(ValueError):
+        renderer.render(cube_px, np.eye(3), background=np.zeros((5, 5, 3), np.uint8))
+    with pytest.raises(ValueError):
+        Mesh(np.zeros((4, 3)), np.zeros((4, 3)), (1.0, 1.0, 1.0))
