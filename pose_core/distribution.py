@@ -163,13 +163,22 @@ class SO3Distribution:
         """True when built from Fourier coefficients (continuous :meth:`log_prob`)."""
         return self._fourier is not None
 
-    def cell_rotations(self) -> torch.Tensor:
-        """Centre rotations ``(B, C, 3, 3)`` of all cells (refined-away cells included, with zero mass)."""
-        out = torch.empty(self.cell_index.shape + (3, 3), dtype=self.log_mass.dtype, device=self.log_mass.device)
-        for level in self.cell_level.unique().tolist():
-            cols = (self.cell_level == level).nonzero().squeeze(1)
-            out[:, cols] = grids.cell_rotations(level, self.cell_index[:, cols], dtype=out.dtype)
+    def cell_rotations(self, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Centre rotations ``(B, C', 3, 3)`` of the cells in ``columns`` ``(C',)`` (default: all ``C``).
+
+        Refined-away cells are included (with zero mass).
+        """
+        level = self.cell_level if columns is None else self.cell_level[columns]
+        index = self.cell_index if columns is None else self.cell_index[:, columns]
+        out = torch.empty(index.shape + (3, 3), dtype=self.log_mass.dtype, device=self.log_mass.device)
+        for lv in level.unique().tolist():
+            cols = (level == lv).nonzero().squeeze(1)
+            out[:, cols] = grids.cell_rotations(lv, index[:, cols], dtype=out.dtype)
         return out
+
+    def _support(self, min_mass: float = 1e-12) -> torch.Tensor:
+        """Columns ``(C',)`` holding more than ``min_mass`` in some row: the cells worth visiting."""
+        return ((self.log_mass > math.log(min_mass)).any(dim=0)).nonzero().squeeze(1)
 
     def cell_log_density(self) -> torch.Tensor:
         """Log-density ``(B, C)`` of each cell (``-inf`` for refined-away cells)."""
@@ -233,14 +242,15 @@ class SO3Distribution:
         Multimodal distributions get the large covariance they have; nothing is clipped.
         """
         center = self.mode() if about is None else about
-        R = self.cell_rotations()  # (B, C, 3, 3)
-        omega = so3.matrix_to_rotvec(R @ center[:, None].transpose(-1, -2))  # (B, C, 3)
-        p = self.log_mass.exp()  # (B, C); 0 for refined-away cells
+        cols = self._support()  # cells below 1e-12 mass change nothing at this precision
+        R = self.cell_rotations(cols)  # (B, C', 3, 3)
+        omega = so3.matrix_to_rotvec(R @ center[:, None].transpose(-1, -2))  # (B, C', 3)
+        p = self.log_mass[:, cols].exp()  # (B, C'); 0 for refined-away cells
         second = torch.einsum("bc,bci,bcj->bij", p, omega, omega)
         cell_var = torch.tensor(
             [grids.resolution(lv) ** 2 / 12 for lv in range(self.finest_level + 1)], dtype=p.dtype, device=p.device
         )
-        within = (p * cell_var[self.cell_level]).sum(1)  # (B,)
+        within = (p * cell_var[self.cell_level[cols]]).sum(1)  # (B,)
         cov = second + within[:, None, None] * torch.eye(3, dtype=p.dtype, device=p.device)
         return (cov + cov.transpose(-1, -2)) / 2
 
@@ -274,9 +284,10 @@ class SO3Distribution:
         and masses ``(B, k)`` (descending by density; mass 0 and identity where fewer modes exist).
         """
         B = self.batch_size
-        R = self.cell_rotations()
-        density = self.cell_log_density().clone()
-        p = self.log_mass.exp()
+        cols = self._support(1e-9)
+        R = self.cell_rotations(cols)  # (B, C', 3, 3)
+        density = self.cell_log_density()[:, cols]
+        p = self.log_mass[:, cols].exp()
         rots = torch.eye(3, dtype=R.dtype, device=R.device).repeat(B, k, 1, 1)
         mass = torch.zeros((B, k), dtype=p.dtype, device=p.device)
         free = torch.isfinite(density)

@@ -87,6 +87,26 @@ def _pixel_rotations(level: int, dtype: torch.dtype, device: torch.device | str 
     return torch.from_numpy(_pixel_rotations_np(level)).to(dtype=dtype, device=device)
 
 
+#: Levels whose full table of centre rotations is cached (level 4: 294,912 cells, 10.6 MB in float32).
+_TABLE_MAX_LEVEL = 4
+
+
+@functools.lru_cache(maxsize=16)
+def _rotation_table(level: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    index = torch.arange(num_cells(level), device=device)
+    return _compute_cell_rotations(level, index).to(dtype)
+
+
+def _compute_cell_rotations(level: int, index: torch.Tensor) -> torch.Tensor:
+    n_psi = 6 * 2**level
+    pix = torch.div(index, n_psi, rounding_mode="floor")
+    k = index - pix * n_psi
+    pixel_R = _pixel_rotations(level, torch.float64, index.device)[pix]
+    psi = (k.to(torch.float64) + 0.5) * (2 * math.pi / n_psi)
+    zero = torch.zeros_like(psi)
+    return pixel_R @ so3.zyz_to_matrix(psi, zero, zero)  # float64
+
+
 def cell_rotations(
     level: int,
     index: torch.Tensor,
@@ -94,19 +114,15 @@ def cell_rotations(
 ) -> torch.Tensor:
     """Centre rotations ``(..., 3, 3)`` of the cells ``index`` (int64 tensor ``(...)``) at ``level``.
 
-    Runs on ``index.device`` (CPU or CUDA) without leaving it.
+    Runs on ``index.device`` (CPU or CUDA) without leaving it; coarse levels come from a cached table.
     """
     _check_level(level)
-    n_psi = 6 * 2**level
     index = torch.as_tensor(index)
     if index.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"index must be an integer tensor, got {index.dtype}")
-    pix = torch.div(index, n_psi, rounding_mode="floor")
-    k = index - pix * n_psi
-    pixel_R = _pixel_rotations(level, torch.float64, index.device)[pix]
-    psi = (k.to(torch.float64) + 0.5) * (2 * math.pi / n_psi)
-    zero = torch.zeros_like(psi)
-    return (pixel_R @ so3.zyz_to_matrix(psi, zero, zero)).to(dtype)
+    if level <= _TABLE_MAX_LEVEL:
+        return _rotation_table(level, dtype, str(index.device))[index]
+    return _compute_cell_rotations(level, index).to(dtype)
 
 
 def so3_healpix_grid(level: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
