@@ -51,7 +51,9 @@ def describe(dist: SO3Distribution, b: int = 0) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--shape", default="cube", help="SYMSOL shape to render (tet, cube, icosa, cone, cyl, tetX, cylO, sphereX)")
+    parser.add_argument(
+        "--shape", default="cube", help="SYMSOL shape to render (tet, cube, icosa, cone, cyl, tetX, cylO, sphereX)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--image-size", type=int, default=None, help="render size (default: the checkpoint's)")

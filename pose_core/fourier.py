@@ -122,7 +122,8 @@ def grid_flat_wigner(level: int, lmax: int, dtype: torch.dtype = torch.float32, 
     """
     if level > 4:
         raise ValueError(
-            f"grid_flat_wigner(level={level}) would hold {grids.num_cells(level) * wigner.so3_dim(lmax) * 4 / 2**30:.1f}"
+            f"grid_flat_wigner(level={level}) would hold "
+            f"{grids.num_cells(level) * wigner.so3_dim(lmax) * 4 / 2**30:.1f}"
             " GB; evaluate cells in chunks with evaluate_cells() instead"
         )
     return _grid_flat_wigner_cached(level, lmax, dtype, str(torch.device(device)))
@@ -144,7 +145,9 @@ def evaluate_rotations(coeffs: torch.Tensor, R: torch.Tensor, lmax: int) -> torc
     return torch.einsum("bd,bmd->bm", coeffs, W)
 
 
-def full_grid_argmax(coeffs: torch.Tensor, level: int, lmax: int, chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
+def full_grid_argmax(
+    coeffs: torch.Tensor, level: int, lmax: int, chunk: int = 32768
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exhaustive search: best cell index ``(B,)`` and value ``(B,)`` of ``coeffs`` ``(B, so3_dim)`` over a whole grid.
 
     The reference way (Image2Sphere evaluates its whole level-5 grid with a flat Wigner-D matrix),

@@ -157,7 +157,7 @@ def ancestor(index: torch.Tensor, level: int, to_level: int) -> torch.Tensor:
 
 
 def cell_of(R: torch.Tensor, level: int) -> torch.Tensor:
-    """Index ``(...)`` (int64, on ``R.device``) of the level-``level`` cell that contains rotation ``R`` ``(..., 3, 3)``.
+    """Index ``(...)`` (int64, on ``R.device``) of the level-``level`` cell containing rotation ``R`` ``(..., 3, 3)``.
 
     The HEALPix look-up runs on the CPU (healpy); the result is moved back to ``R``'s device.
     """

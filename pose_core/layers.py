@@ -138,9 +138,10 @@ class S2Convolution(nn.Module):
         self.scale = 1 / math.sqrt(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        psi = torch.einsum("ion,nk->iok", self.weight, self.Y.to(self.weight.dtype)) * self.scale  # (C_in, C_out, (L+1)^2)
+        Y = self.Y.to(self.weight.dtype)
+        psi = torch.einsum("ion,nk->iok", self.weight, Y) * self.scale  # (C_in, C_out, (L+1)^2)
         out = []
-        for l, s, d in _blocks(self.lmax, square=False):
+        for _, s, d in _blocks(self.lmax, square=False):
             F = torch.einsum("bim,ion->bomn", x[..., s : s + d], psi[..., s : s + d])  # (B, C_out, d, d)
             out.append(F.reshape(F.shape[0], F.shape[1], d * d))
         return torch.cat(out, dim=-1)
@@ -164,9 +165,10 @@ class SO3Convolution(nn.Module):
         self.scale = 1 / math.sqrt(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        K = torch.einsum("ion,nk->iok", self.weight, self.D.to(self.weight.dtype)) * self.scale  # (C_in, C_out, so3_dim)
+        D = self.D.to(self.weight.dtype)
+        K = torch.einsum("ion,nk->iok", self.weight, D) * self.scale  # (C_in, C_out, so3_dim)
         out = []
-        for l, s, d in _blocks(self.lmax, square=True):
+        for _, s, d in _blocks(self.lmax, square=True):
             H = x[..., s : s + d * d].reshape(x.shape[0], x.shape[1], d, d)
             Kl = K[..., s : s + d * d].reshape(K.shape[0], K.shape[1], d, d)
             F = torch.einsum("bimk,iotk->bomt", H, Kl) / math.sqrt(d)

@@ -37,7 +37,8 @@ def test_angles_near_zero_and_pi(dtype, angle):
     axis = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     axis = axis / axis.norm()
     R = so3.rotvec_to_matrix((axis * angle).to(dtype))
-    assert abs(float(so3.geodesic_distance(torch.eye(3, dtype=dtype), R)) - angle) < (1e-3 if dtype == torch.float32 else 1e-7)
+    atol = 1e-3 if dtype == torch.float32 else 1e-7
+    assert abs(float(so3.geodesic_distance(torch.eye(3, dtype=dtype), R)) - angle) < atol
     omega = so3.matrix_to_rotvec(R)
     assert abs(float(omega.norm()) - angle) < (1e-3 if dtype == torch.float32 else 1e-7)
     torch.testing.assert_close(so3.rotvec_to_matrix(omega), R, atol=1e-5 if dtype == torch.float32 else 1e-9, rtol=0)
@@ -63,7 +64,8 @@ def test_geodesic_distance_properties(dtype, generator):
 
 def test_random_rotations_are_haar_uniform(generator):
     R = so3.random_rotations(20000, generator=generator, dtype=torch.float64)
-    torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R), atol=1e-12, rtol=0)
+    eye = torch.eye(3, dtype=torch.float64).expand_as(R)
+    torch.testing.assert_close(R @ R.transpose(-1, -2), eye, atol=1e-12, rtol=0)
     assert torch.allclose(torch.det(R), torch.ones(20000, dtype=torch.float64))
     # Haar: the rotation angle has density (1 - cos t) / pi on [0, pi]
     t = so3.geodesic_distance(torch.eye(3, dtype=torch.float64), R).numpy()
