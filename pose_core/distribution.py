@@ -77,7 +77,7 @@ class SO3Distribution:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_grid_logits(cls, logits: torch.Tensor, level: int | None = None) -> "SO3Distribution":
+    def from_grid_logits(cls, logits: torch.Tensor, level: int | None = None) -> SO3Distribution:
         """Distribution with ``softmax(logits)`` on the cells of grid ``level``.
 
         Args:
@@ -106,7 +106,7 @@ class SO3Distribution:
         base_level: int = 3,
         target_level: int = 5,
         top_k: int = 64,
-    ) -> "SO3Distribution":
+    ) -> SO3Distribution:
         """Coarse-to-fine distribution of the log-density ``f(R) = coeffs . basis(R)`` (+ a constant).
 
         Args:
@@ -184,7 +184,7 @@ class SO3Distribution:
         """Log-density ``(B, C)`` of each cell (``-inf`` for refined-away cells)."""
         return log_density_from_log_mass(self.log_mass, self.cell_level)
 
-    def to(self, device) -> "SO3Distribution":
+    def to(self, device) -> SO3Distribution:
         """Copy on ``device``."""
         f = self._fourier
         moved = None if f is None else _Fourier(f.coeffs.to(device), f.lmax, f.log_norm.to(device))

@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import os
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,7 @@ class Camera:
         """Object origin in the camera frame, ``(3,)`` float64: ``(0, 0, distance)``."""
         return np.array([0.0, 0.0, self.distance])
 
-    def scaled(self, factor: int) -> "Camera":
+    def scaled(self, factor: int) -> Camera:
         """The same view at ``factor`` times the resolution (for supersampling)."""
         return Camera(self.width * factor, self.height * factor, float(self.focal) * factor,  # type: ignore[arg-type]
                       self.distance, self.near, self.far)
@@ -222,7 +223,7 @@ class Mesh:
         smooth: bool = False,
         name: str = "mesh",
         per_face: bool = False,
-    ) -> "Mesh":
+    ) -> Mesh:
         """Mesh from vertices ``(V, 3)`` and triangles ``(T, 3)`` (int, counter-clockwise seen from
         outside). ``colors`` is one RGB ``(3,)``, or per vertex ``(V, 3)``, or per face ``(T, 3)`` when
         ``per_face``; normals are per face (``smooth=False``) or area-weighted per vertex."""

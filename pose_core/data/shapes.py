@@ -38,9 +38,9 @@ import functools
 import math
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -481,7 +481,7 @@ def make_shape(name: str, color: Sequence[float] = DEFAULT_COLOR) -> Shape:
     raise ValueError(f"unknown shape {name!r}; expected one of {SHAPE_NAMES}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_shape(name: str) -> Shape:
     """The SYMSOL shape ``name`` in :data:`DEFAULT_COLOR`, built once per process (do not mutate)."""
     return make_shape(name)
