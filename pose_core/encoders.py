@@ -358,7 +358,7 @@ class _Conv2dTFSame(nn.Conv2d):
 
 
 def _tf_same_conv(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1) -> nn.Conv2d:
-    if True:  # TF "SAME" with stride 1 and odd kernel is the symmetric k // 2
+    if stride == 1:  # TF "SAME" with stride 1 and odd kernel is the symmetric k // 2
         return nn.Conv2d(in_ch, out_ch, kernel, 1, kernel // 2, groups=groups, bias=False)
     return _Conv2dTFSame(in_ch, out_ch, kernel, stride, 0, groups=groups, bias=False)
 

@@ -187,6 +187,10 @@ def test_output_shape(name, shape):
     b, _, h, w = shape
     assert out.shape == (b, OUT_CHANNELS[name], math.ceil(h / 32), math.ceil(w / 32))
     assert torch.isfinite(out).all()
+    # Every encoder ends with its activation: ReLU (ResNets) or ReLU6 (the mobile nets).
+    assert (out >= 0).all()
+    if name in ("mobilenet_v2", "efficientnet_lite0"):
+        assert (out <= 6).all()
 
 
 @pytest.mark.parametrize(
