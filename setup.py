@@ -29,6 +29,7 @@ setup(
     ],
     entry_points={
         "console_scripts": [
+            "pose_distribution_node = pose_distribution_ros.node:main",
             "pose_distribution_demo = pose_core.demo:main",
         ],
     },
