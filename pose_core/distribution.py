@@ -74,6 +74,7 @@ class SO3Distribution:
         self.cell_index = cell_index
         self.log_mass = log_mass
         self._fourier = fourier_form
+        self._support_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -176,9 +177,16 @@ class SO3Distribution:
             out[:, cols] = grids.cell_rotations(lv, index[:, cols], dtype=out.dtype)
         return out
 
-    def _support(self, min_mass: float = 1e-12) -> torch.Tensor:
-        """Columns ``(C',)`` holding more than ``min_mass`` in some row: the cells worth visiting."""
-        return ((self.log_mass > math.log(min_mass)).any(dim=0)).nonzero().squeeze(1)
+    def _support(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns ``(C',)`` holding more than 1e-12 mass in some row, and their rotations ``(B, C', 3, 3)``.
+
+        Cells below that mass cannot change a covariance or a mode's mass at float precision.
+        Computed once per distribution (covariance and top_modes share it).
+        """
+        if self._support_cache is None:
+            cols = (self.log_mass > math.log(1e-12)).any(dim=0).nonzero().squeeze(1)
+            self._support_cache = (cols, self.cell_rotations(cols))
+        return self._support_cache
 
     def cell_log_density(self) -> torch.Tensor:
         """Log-density ``(B, C)`` of each cell (``-inf`` for refined-away cells)."""
@@ -242,8 +250,7 @@ class SO3Distribution:
         Multimodal distributions get the large covariance they have; nothing is clipped.
         """
         center = self.mode() if about is None else about
-        cols = self._support()  # cells below 1e-12 mass change nothing at this precision
-        R = self.cell_rotations(cols)  # (B, C', 3, 3)
+        cols, R = self._support()  # (C',), (B, C', 3, 3)
         omega = so3.matrix_to_rotvec(R @ center[:, None].transpose(-1, -2))  # (B, C', 3)
         p = self.log_mass[:, cols].exp()  # (B, C'); 0 for refined-away cells
         second = torch.einsum("bc,bci,bcj->bij", p, omega, omega)
@@ -284,8 +291,7 @@ class SO3Distribution:
         and masses ``(B, k)`` (descending by density; mass 0 and identity where fewer modes exist).
         """
         B = self.batch_size
-        cols = self._support(1e-9)
-        R = self.cell_rotations(cols)  # (B, C', 3, 3)
+        cols, R = self._support()  # (C',), (B, C', 3, 3)
         density = self.cell_log_density()[:, cols]
         p = self.log_mass[:, cols].exp()
         rots = torch.eye(3, dtype=R.dtype, device=R.device).repeat(B, k, 1, 1)
