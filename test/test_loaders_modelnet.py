@@ -63,7 +63,11 @@ def test_npz_items_match_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("split", "name"),
-    [("train", "modelnet10_train.npz"), ("train_limited", "modelnet10_limited_train.npz"), ("test", "modelnet10_test.npz")],
+    [
+        ("train", "modelnet10_train.npz"),
+        ("train_limited", "modelnet10_limited_train.npz"),
+        ("test", "modelnet10_test.npz"),
+    ],
 )
 def test_npz_split_file_names(tmp_path: Path, split: str, name: str) -> None:
     for seed, other in enumerate(["modelnet10_train.npz", "modelnet10_limited_train.npz", "modelnet10_test.npz"]):

@@ -198,8 +198,10 @@ def test_camera_matches_pascal3d_projection() -> None:
     """K R d of our pose rotation puts every direction where the PASCAL3D+ projection does."""
     rng = np.random.default_rng(0)
     for _ in range(50):
-        view = {"azimuth": rng.uniform(-180, 180), "elevation": rng.uniform(-80, 80), "theta": rng.uniform(-40, 40),
-                "focal": 1.0, "viewport": rng.uniform(500, 3000), "px": rng.uniform(0, 500), "py": rng.uniform(0, 400)}  # fmt: skip
+        view = {
+            "azimuth": rng.uniform(-180, 180), "elevation": rng.uniform(-80, 80), "theta": rng.uniform(-40, 40),
+            "focal": 1.0, "viewport": rng.uniform(500, 3000), "px": rng.uniform(0, 500), "py": rng.uniform(0, 400),
+        }  # fmt: skip
         R = pascal3d_rotation(view["azimuth"], view["elevation"], view["theta"])
         np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
         assert np.linalg.det(R) == pytest.approx(1.0)

@@ -104,7 +104,7 @@ def test_marked_shapes(renderer, name, visible_count):
     assert _mark_pixels(img_vis) > 5 and _mark_pixels(img_hid) == 0
     # Every equivalent pose renders the same image; others show the mark somewhere else.
     rng = np.random.default_rng(0)
-    for R, eq, img in ((R_vis, eq_vis, img_vis), (R_hid, eq_hid, img_hid)):
+    for eq, img in ((eq_vis, img_vis), (eq_hid, img_hid)):
         for k in rng.choice(len(eq), size=min(len(eq), 4), replace=False):
             assert _mad(img, renderer.render(shape.mesh, eq[k])) < 0.3
     # A non-equivalent pose (the symmetry moving the mark furthest) changes the mark's pixels.

@@ -366,7 +366,8 @@ def pascal3d_split_paths(release_dir: str | Path, split: Literal["train", "test"
         lst = rel / "Image_sets" / f"{cat}_imagenet_{mode}.txt"
         for num in read_text_lines(lst, "PASCAL3D+ ImageNet image list"):
             img = rel / "Images" / f"{cat}_imagenet" / f"{num}.JPEG"
-            pairs.append((require_file(img, f"image listed in {lst}"), rel / "Annotations" / f"{cat}_imagenet" / f"{num}.mat"))
+            annotation = rel / "Annotations" / f"{cat}_imagenet" / f"{num}.mat"
+            pairs.append((require_file(img, f"image listed in {lst}"), annotation))
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -11,8 +11,8 @@ A :class:`Renderer` owns one GL context and the meshes uploaded to it. The conte
 lazily, on the first render in each process, so a renderer can be built in the main process and
 pickled into ``torch.utils.data.DataLoader`` workers. Mesa cannot make a context in a process
 forked from one that already has one: if the main process renders too, give the DataLoader
-``multiprocessing_context="spawn"`` (a forked worker raises ``RuntimeError`` saying so). Rendering is deterministic: the same mesh,
-rotation, background and occluders give the same pixels.
+``multiprocessing_context="spawn"`` (a forked worker raises ``RuntimeError`` saying so).
+Rendering is deterministic: the same mesh, rotation, background and occluders give the same pixels.
 """
 
 from __future__ import annotations

@@ -193,7 +193,9 @@ def _turns_about_z(n: int) -> np.ndarray:
     return np.stack([_rot((0.0, 0.0, 1.0), 2 * math.pi * k / n) for k in range(n)])
 
 
-def sphere_rotation_set(mark_dir: Sequence[float] = (1.0, 0.0, 0.0), n_dirs: int = 256, n_spins: int = 18) -> np.ndarray:
+def sphere_rotation_set(
+    mark_dir: Sequence[float] = (1.0, 0.0, 0.0), n_dirs: int = 256, n_spins: int = 18
+) -> np.ndarray:
     """A deterministic, roughly uniform discrete set of rotations ``(1 + n_dirs * n_spins, 3, 3)``
     covering SO(3), used as the sphere's "symmetries": the identity, then for each of ``n_dirs``
     Fibonacci-sphere directions ``u`` and ``n_spins`` angles ``psi``, ``A_u @ Rot(mark_dir, psi)``

@@ -275,7 +275,8 @@ class SymsolLikeDataset(Dataset):
                 raise ValueError(f"shapes {missing} not in {self.split_data.path}")
             counts = [self.split_data.count(s) for s in self.shapes]
             if size is not None and min(counts) < size:
-                raise ValueError(f"size {size} per shape but {self.split_data.path} holds {dict(zip(self.shapes, counts))}")
+                held = dict(zip(self.shapes, counts))
+                raise ValueError(f"size {size} per shape but {self.split_data.path} holds {held}")
             sizes = counts if size is None else [size] * len(self.shapes)
         else:
             if size is None or size < 1:
