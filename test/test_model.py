@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pose_core import ImageToSphere, SO3Distribution, grids, load_model, save_checkpoint, so3, wigner
-from pose_core.model import read_checkpoint
+from pose_core.model import _umask, read_checkpoint
 
 
 class NotATensor:
@@ -57,6 +57,8 @@ def test_bad_images_raise_value_error(small_model):
 
 def test_load_model_round_trip(small_model, tmp_path):
     path = save_checkpoint(small_model, tmp_path / "m.pt", meta={"note": "test"})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # shareable like any file, not mkstemp's 0600
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind
     model = load_model(path)
     assert not model.training
     assert read_checkpoint(path)["meta"] == {"note": "test"}
