@@ -1,0 +1,109 @@
+"""train/: config parsing, a CPU training run that learns, checkpoints, --resume, evaluate CLI.
+
+Everything runs in-process on the tiny config shrunk further (32 px images, sphere_channels 16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pose_core.model import ImageToSphere, load_model, read_checkpoint  # noqa: E402
+from train import evaluate as evaluate_mod  # noqa: E402
+from train.config import TrainConfig, load_config  # noqa: E402
+from train.datasets import build_dataset, collate  # noqa: E402
+from train.train import run  # noqa: E402
+
+TINY = ROOT / "config" / "train" / "tiny.yaml"
+SMALL = ["data.image_size=32", "model.sphere_channels=16", "model.hidden_channels=4", "progress=false",
+         "tensorboard=false"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a small, shared CPU, 2 threads are often several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(tmp_path: Path, *overrides: str) -> TrainConfig:
+    dirs = [f"runs_dir={tmp_path / 'runs'}", f"checkpoint_dir={tmp_path / 'ckpt'}"]
+    return load_config(TINY, [*SMALL, *dirs, *overrides])
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = _cfg(tmp_path, "optim.lr=3e-4", "data.shapes=[tet,cyl]", "max_steps=7", "eval.every=null")
+    assert cfg.optim.lr == 3e-4 and cfg.data.shapes == ["tet", "cyl"] and cfg.max_steps == 7 and cfg.eval.every is None
+    assert cfg.model.encoder == "resnet18" and cfg.data.image_size == 32
+    with pytest.raises(ValueError, match="optim.lrr"):
+        _cfg(tmp_path, "optim.lrr=1")
+    with pytest.raises(ValueError, match=r"batch_size: expected an integer, got 'abc'"):
+        _cfg(tmp_path, "batch_size=abc")
+    with pytest.raises(ValueError, match="amp"):
+        _cfg(tmp_path, "amp=fp8")
+    demo = load_config(ROOT / "config" / "train" / "demo.yaml")
+    assert demo.model.encoder == "mobilenet_v2" and demo.data.meshes[0].name == "duck"
+
+
+def test_training_lowers_loss_on_fixed_batch(tmp_path):
+    # 4 images (2 shapes x 2), batch 4: every step sees the same batch (AdamW, lr 1e-3).
+    cfg = _cfg(tmp_path, "data.size=2", "max_steps=20", "eval.every=null", "checkpoint_every=null")
+    batch = collate([build_dataset(cfg.data)[i] for i in range(4)])
+    torch.manual_seed(cfg.seed)
+    fresh = ImageToSphere(**dataclasses.asdict(cfg.model)).train()
+    with torch.no_grad():
+        before = float(fresh.loss(batch["image"], batch["rotation"]))
+    result = run(cfg, command="test")
+    trained = load_model(result["checkpoint"]).train()  # batch statistics, as in training
+    with torch.no_grad():
+        after = float(trained.loss(batch["image"], batch["rotation"]))
+    assert result["step"] == 20
+    assert after < before - 1.0, (before, after)
+
+
+def test_checkpoint_resume_and_evaluate(tmp_path):
+    cfg = _cfg(tmp_path, "max_steps=2", "checkpoint_every=1", "eval.size=1", "eval.grid_level=2")
+    res = run(cfg, command="test run")
+    path = Path(res["checkpoint"])
+    assert path == tmp_path / "ckpt" / "tiny.pt" and res["step"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["tiny.pt"]  # atomic write: no temp files left
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("optimizer", "scheduler", "step", "epoch", "rng", "train_config", "meta", "state_dict"):
+        assert key in payload, key
+    meta = payload["meta"]
+    assert meta["command"] == "test run" and meta["step"] == 2 and meta["train_config"]["data"]["seed"] == 0
+    assert {"cpu", "torch"} <= set(meta["hardware"]) and meta["train_seconds"] > 0 and "data_seeds" in meta
+    assert "overall" in meta["eval"]
+    load_model(path)  # the model part loads as any checkpoint
+
+    # --resume: continue to step 3; equals an uninterrupted 3-step run (same data order, RNG, optimizer).
+    cont = run(dataclasses.replace(cfg, max_steps=3, eval=dataclasses.replace(cfg.eval, every=None)), resume=path)
+    assert cont["step"] == 3 and read_checkpoint(path)["step"] == 3
+    straight = run(dataclasses.replace(cfg, max_steps=3, checkpoint_dir=str(tmp_path / "b"),
+                                       eval=dataclasses.replace(cfg.eval, every=None)))
+    a, b = read_checkpoint(path)["state_dict"], read_checkpoint(straight["checkpoint"])["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+    # evaluate.py on the checkpoint: table on stdout, JSON with the documented keys.
+    out = tmp_path / "eval.json"
+    rc = evaluate_mod.main(["--checkpoint", str(path), "--dataset", "symsol", "--json", str(out), "--grid-level", "2",
+                            "--size", "1", "--plots", str(tmp_path / "plots"), "--num-plots", "1"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert {"checkpoint", "dataset", "grid_level", "ll_convention", "n", "overall", "groups"} <= set(result)
+    assert result["grid_level"] == 2 and result["n"] == 2 and result["dataset"]["seed"] != 0
+    assert set(result["groups"]) == {"cube", "cone", "all", "mean_of_groups"}
+    for g in result["groups"].values():
+        assert set(evaluate_mod.GROUP_KEYS) <= set(g)
+        assert 0.0 <= g["acc@15"] <= 1.0 and 0.0 <= g["median_deg"] <= 180.0
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 1

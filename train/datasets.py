@@ -1,0 +1,83 @@
+"""Datasets of a :class:`train.config.DataConfig`: training sets and their held-out twins."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from train.config import DataConfig, MeshSpec
+
+__all__ = ["build_dataset", "collate", "heldout_config", "resolve_mesh_path", "HELDOUT_SEED_OFFSET"]
+
+#: Seed offset of the held-out set of rendered data (other rotations, other occluders).
+HELDOUT_SEED_OFFSET = 1_000_003
+
+
+def resolve_mesh_path(path: str) -> Path:
+    """``pybullet_data/...`` → a file of the installed ``pybullet_data`` package; other paths as given."""
+    if path.startswith("pybullet_data/"):
+        try:
+            import pybullet_data
+        except ImportError as e:  # pragma: no cover - pybullet_data is in requirements.txt
+            raise ValueError(f"mesh path {path!r} needs the pybullet_data package: {e}") from e
+        return Path(pybullet_data.getDataPath()) / path[len("pybullet_data/") :]
+    return Path(os.path.expanduser(path))
+
+
+def _mesh_shape(spec: MeshSpec):
+    from pose_core.data import mesh_shape
+
+    sym = None if spec.symmetries is None else np.asarray(spec.symmetries, dtype=np.float64)
+    if sym is not None and (sym.ndim != 3 or sym.shape[1:] != (3, 3)):
+        raise ValueError(f"mesh {spec.name!r}: symmetries must be (K, 3, 3) nested lists, got shape {sym.shape}")
+    return mesh_shape(resolve_mesh_path(spec.path), symmetries=sym, name=spec.name)
+
+
+def heldout_config(data: DataConfig, size: int) -> DataConfig:
+    """The held-out twin of ``data``: rendered data with another seed and ``size`` items per shape;
+    on-disk data with split ``test``."""
+    if data.name in ("symsol", "mesh"):
+        return dataclasses.replace(data, seed=data.seed + HELDOUT_SEED_OFFSET, size=size)
+    return dataclasses.replace(data, split="test", size=None, pascal_warp=False, pascal_synth=False)
+
+
+def build_dataset(data: DataConfig) -> Dataset:
+    """The dataset ``data`` describes. Items: dicts with ``image`` ``(3, H, W)``, ``rotation`` ``(3, 3)``,
+    ``equivalents`` ``(K, 3, 3)``, ``shape`` str (batch with ``pose_core.data.collate_symsol``)."""
+    from pose_core import data as pdata
+    from pose_core.data.meshes import ShapesDataset
+
+    if data.name == "symsol":
+        return pdata.SymsolLikeDataset(data.shapes, size=data.size, image_size=data.image_size, seed=data.seed,
+                                       occluders=data.occluders)
+    if data.name == "symsol_dir":
+        return pdata.SymsolLikeDataset(data.shapes, size=data.size, root=data.root, split=data.split)
+    if data.name == "mesh":
+        if data.size is None:
+            raise ValueError("data.size must be set for rendered data, got None")
+        shapes = list(data.shapes) + [_mesh_shape(m) for m in data.meshes]
+        return ShapesDataset(shapes, size=data.size, image_size=data.image_size, seed=data.seed,
+                             occluders=data.occluders)
+    if data.name == "modelnet10":
+        return pdata.ModelNet10SO3(data.root, split=data.split)  # type: ignore[arg-type]
+    if data.name == "pascal3d":
+        return pdata.Pascal3D(data.root, split=data.split, warp=data.pascal_warp, synth=data.pascal_synth,  # type: ignore[arg-type]
+                              image_size=data.image_size)
+    raise ValueError(f"unknown dataset {data.name!r}")
+
+
+def collate(batch):
+    """Batch items of any dataset here: ``image`` ``(B, 3, H, W)``, ``rotation`` ``(B, 3, 3)`` stacked;
+    ``equivalents`` a list of ``(K_b, 3, 3)``; ``shape`` a list of str (category names for the public sets)."""
+    import torch
+
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "rotation": torch.stack([b["rotation"] for b in batch]),
+        "equivalents": [b["equivalents"] for b in batch],
+        "shape": [str(b["shape"]) for b in batch],
+    }
