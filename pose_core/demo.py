@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pose_core import ImageToSphere, SO3Distribution, load_model, so3
-from pose_core.model import resolve_device
+from pose_core.model import read_checkpoint, resolve_device, training_image_size
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "demo.pt"
 
@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
+    trained_size = None
     if args.checkpoint.is_file():
         model = load_model(args.checkpoint, device=device)
+        trained_size = training_image_size(read_checkpoint(args.checkpoint))
         print(f"model: {args.checkpoint} ({model.config.encoder}) on {device}")
     else:
         print(
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             "      pipeline end to end. Its distribution is meaningless until a checkpoint is trained."
         )
         model = ImageToSphere(encoder="resnet18").to(device).eval()
-    image_size = args.image_size or int(getattr(model, "image_size", 0) or 224)
+    image_size = args.image_size or trained_size or 224
 
     from pose_core.data import Camera, Renderer, get_shape, item_rotation  # needs EGL; imported only here
 

@@ -44,6 +44,7 @@ __all__ = [
     "resolve_device",
     "read_checkpoint",
     "InferenceSettings",
+    "training_image_size",
 ]
 
 CHECKPOINT_FORMAT = "pose_distribution.image_to_sphere"
@@ -221,6 +222,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         if not isinstance(payload.get(key), dict):
             raise ValueError(f"checkpoint {path} has no {key!r} dict")
     return payload
+
+
+def training_image_size(payload: dict) -> int | None:
+    """Image side a checkpoint ``payload`` (:func:`read_checkpoint`) was trained on, if it records one."""
+    for config in (payload.get("train_config"), (payload.get("meta") or {}).get("train_config")):
+        try:
+            return int(config["data"]["image_size"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ImageToSphere:

@@ -159,15 +159,12 @@ def _stop(procs: list[subprocess.Popen[Any]], timeout_s: float = 10.0) -> None:
 
 def _checkpoint_image_size(path: Path) -> int | None:
     """Image side ``path`` was trained on (from its train config), ``None`` if unknown or unreadable."""
-    import torch
-
-    from pose_distribution_ros.node import training_image_size
+    from pose_core.model import read_checkpoint, training_image_size
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # the node reports an unreadable checkpoint itself
+        return training_image_size(read_checkpoint(path))
+    except (FileNotFoundError, ValueError):  # the node reports an unreadable checkpoint itself
         return None
-    return training_image_size(payload) if isinstance(payload, dict) else None
 
 
 def main(argv: list[str] | None = None) -> int:

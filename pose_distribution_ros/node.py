@@ -132,16 +132,6 @@ def resolve_checkpoint(path: str) -> Path:
     )
 
 
-def training_image_size(payload: dict[str, Any]) -> int | None:
-    """Image side the checkpoint ``payload`` (``pose_core.model.read_checkpoint``) was trained on, if recorded."""
-    for config in (payload.get("train_config"), (payload.get("meta") or {}).get("train_config")):
-        try:
-            return int(config["data"]["image_size"])  # type: ignore[index]
-        except (KeyError, TypeError, ValueError):
-            continue
-    return None
-
-
 @dataclass(frozen=True)
 class Settings:
     """Parameters that may change at run time (swapped atomically by the parameter callback)."""
@@ -358,7 +348,7 @@ class PoseDistributionNode(Node):
     def _load_model(self) -> tuple[Any, int]:
         path = self._checkpoint
         device = self.get_parameter("device").value
-        from pose_core.model import load_model, read_checkpoint
+        from pose_core.model import load_model, read_checkpoint, training_image_size
 
         try:
             model = load_model(path, device=device)
