@@ -80,6 +80,7 @@ def _listen(opts: argparse.Namespace) -> int:
     latencies: list[float] = []
     first: list[float] = []
     unmatched = [0]
+    last: dict[str, Any] = {}  # samples, weights and truth set of the newest scored result, for the plot
 
     def quat(q: Any) -> np.ndarray:
         return so3.quat_to_matrix(torch.tensor([q.x, q.y, q.z, q.w], dtype=torch.float64)).numpy()
@@ -103,6 +104,7 @@ def _listen(opts: argparse.Namespace) -> int:
             first.append(time.monotonic())
         errors.append(err)
         latencies.append(now - stamp)
+        last.update(samples=[(q.x, q.y, q.z, q.w) for q in msg.samples], weights=list(msg.sample_weights), eq=eq)
         s = summarize(errors, latencies, time.monotonic() - first[0])
         print(
             f"[{len(errors):4d}] error {err:6.1f} deg | latency {1000 * latencies[-1]:6.0f} ms | "
@@ -138,7 +140,25 @@ def _listen(opts: argparse.Namespace) -> int:
     )
     if opts.summary_json:
         Path(opts.summary_json).write_text(json.dumps(s, indent=2))
+    if opts.plot and last.get("samples"):
+        _plot_samples(last["samples"], last["weights"], last["eq"], Path(opts.plot))
+        print(f"plot of the last distribution (its published samples) with the true rotations: {opts.plot}")
     return 0 if s["frames"] else 1
+
+
+def _plot_samples(samples: list, weights: list, truth, path: Path) -> None:
+    """Draw a published distribution from its weighted samples: their histogram on the level-3 grid."""
+    import torch
+
+    from pose_core import SO3Distribution, grids, so3
+    from pose_core.plots import plot_so3_distribution
+
+    R = so3.quat_to_matrix(torch.tensor(samples, dtype=torch.float64))
+    level = 3
+    mass = torch.zeros(grids.num_cells(level), dtype=torch.float64)
+    mass.index_add_(0, grids.cell_of(R, level), torch.tensor(weights, dtype=torch.float64))
+    dist = SO3Distribution.from_grid_logits(mass.clamp_min(1e-30).log()[None], level)
+    plot_so3_distribution(dist, gt=truth, path=path, title="published samples (dots) and true rotations (circles)")
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -176,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=0, help="rendered side (px); 0: the checkpoint's")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--summary-json", default="", help="also write the summary to this file")
+    parser.add_argument(
+        "--plot", default="outputs/demo_distribution.png", help="PNG of the last published distribution ('' for none)"
+    )
     parser.add_argument(
         "-p",
         "--node-param",
@@ -252,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             "--start-timeout",
             str(opts.start_timeout),
         ]
-        + (["--summary-json", opts.summary_json] if opts.summary_json else []),
+        + (["--summary-json", opts.summary_json] if opts.summary_json else [])
+        + ["--plot", opts.plot],
     }
     procs: dict[str, subprocess.Popen[Any]] = {}
     print(
