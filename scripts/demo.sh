@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the demo on the embedded default. Extra arguments go to the demo.
+# Set up (scripts/setup.sh) and run the demo on the embedded default: a simulated camera, the node
+# with checkpoints/demo.pt and a scoring listener, over real rclpy. Extra arguments go to the demo
+# (python -m pose_distribution_ros.demo --help).
 set -Eeuo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$REPO/scripts/setup.sh"
-exec "$REPO/.venv/bin/python" -m pose_core.demo "$@"
+cd "$REPO"
+exec "$REPO/.venv/bin/python" -m pose_distribution_ros.demo "$@"
