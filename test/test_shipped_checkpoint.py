@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from pose_core import load_model
-from pose_core.model import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "checkpoints" / "demo.pt"
