@@ -52,6 +52,7 @@ __all__ = [
     "get_message_type",
     "message_to_dict",
     "random_domain_id",
+    "require_ros",
     "ros_domain",
     "ros_env",
     "run_python",
@@ -60,6 +61,24 @@ __all__ = [
 ]
 
 HELPER_SCRIPT = Path(__file__).resolve()
+
+
+def require_ros(*modules: str) -> None:
+    """Skip the calling test module when ``modules`` do not import (no ROS set-up), or raise
+    ``ImportError`` when ``POSE_DISTRIBUTION_REQUIRE_ROS=1`` (the project's test command sets it)."""
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            missing.append(f"{module} ({exc})")
+    if missing:
+        reason = f"cannot import {', '.join(missing)}: run scripts/setup_ros.sh .venv"
+        if os.environ.get("POSE_DISTRIBUTION_REQUIRE_ROS") == "1":
+            raise ImportError(reason)
+        import pytest
+
+        pytest.skip(reason, allow_module_level=True)
 
 #: Domain ids safe with the default Linux ephemeral port range (0 is left to real systems).
 DOMAIN_ID_RANGE = (1, 101)

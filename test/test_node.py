@@ -14,7 +14,6 @@ arbitrary).
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import subprocess
@@ -29,19 +28,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # independent of pytest's import mode
-from ros_helpers import collect_messages, ros_domain, start_publisher, stop_process  # noqa: E402
+from ros_helpers import collect_messages, require_ros, ros_domain, start_publisher, stop_process  # noqa: E402
 
-_MISSING = []
-for _module in ("rclpy", "pose_distribution.msg", "tf2_msgs.msg", "sensor_msgs.msg", "diagnostic_msgs.msg"):
-    try:
-        importlib.import_module(_module)
-    except ImportError as exc:
-        _MISSING.append(f"{_module} ({exc})")
-if _MISSING:
-    _reason = f"cannot import {', '.join(_MISSING)}: run scripts/setup_ros.sh .venv"
-    if os.environ.get("POSE_DISTRIBUTION_REQUIRE_ROS") == "1":
-        raise ImportError(_reason)
-    pytest.skip(_reason, allow_module_level=True)
+require_ros("rclpy", "pose_distribution.msg", "tf2_msgs.msg", "sensor_msgs.msg", "diagnostic_msgs.msg")
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / "config" / "pose_distribution.yaml"
@@ -364,26 +353,17 @@ def test_depth(node: RunningNode, env: dict[str, str]) -> None:
 # --------------------------------------------------------------------------- start-up failures
 
 
+def _run_node_with_checkpoint(env: dict[str, str], checkpoint: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run the node with ``checkpoint`` until it exits (it should, at start-up)."""
+    command = [sys.executable, "-m", "pose_distribution_ros.node", "--ros-args", "--params-file", str(PARAMS),
+               "-p", f"checkpoint:={checkpoint}"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def test_missing_checkpoint_exits_non_zero(env: dict[str, str], tmp_path: Path) -> None:
     missing = tmp_path / "no_such_checkpoint.pt"
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pose_distribution_ros.node",
-            "--ros-args",
-            "--params-file",
-            str(PARAMS),
-            "-p",
-            f"checkpoint:={missing}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run_node_with_checkpoint(env, missing, timeout=60)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "not found" in out and str(missing) in out and "train/train.py" in out, out
@@ -393,23 +373,7 @@ def test_missing_checkpoint_exits_non_zero(env: dict[str, str], tmp_path: Path) 
 def test_unreadable_checkpoint_exits_non_zero(env: dict[str, str], tmp_path: Path) -> None:
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"not a checkpoint")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pose_distribution_ros.node",
-            "--ros-args",
-            "--params-file",
-            str(PARAMS),
-            "-p",
-            f"checkpoint:={bad}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    proc = _run_node_with_checkpoint(env, bad, timeout=90)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "cannot load checkpoint" in out and str(bad) in out, out

@@ -10,9 +10,7 @@ ROS_DOMAIN_ID per test run with discovery limited to this host.
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -29,21 +27,12 @@ from ros_helpers import (  # noqa: E402
     get_message_type,
     message_to_dict,
     random_domain_id,
+    require_ros,
     ros_domain,
     start_publisher,
 )
 
-_MISSING = []
-for _module in ("rclpy", "pose_distribution.msg", "tf2_msgs.msg"):
-    try:
-        importlib.import_module(_module)
-    except ImportError as exc:
-        _MISSING.append(f"{_module} ({exc})")
-if _MISSING:
-    _reason = f"cannot import {', '.join(_MISSING)}: run scripts/setup_ros.sh .venv"
-    if os.environ.get("POSE_DISTRIBUTION_REQUIRE_ROS") == "1":
-        raise ImportError(_reason)
-    pytest.skip(_reason, allow_module_level=True)
+require_ros("rclpy", "pose_distribution.msg", "tf2_msgs.msg")
 
 TIMEOUT_S = 30.0
 POSE_DISTRIBUTION = "pose_distribution/msg/PoseDistribution"
