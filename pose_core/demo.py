@@ -17,14 +17,10 @@ from pathlib import Path
 import torch
 
 from pose_core import ImageToSphere, SO3Distribution, load_model, so3
+from pose_core.metrics import nearest_equivalent_error
 from pose_core.model import read_checkpoint, resolve_device, training_image_size
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "demo.pt"
-
-
-def symmetric_error(R: torch.Tensor, equivalents: torch.Tensor) -> torch.Tensor:
-    """Geodesic distance ``(B,)`` from ``R`` ``(B, 3, 3)`` to the nearest of ``equivalents`` ``(B, K, 3, 3)``."""
-    return so3.geodesic_distance(R[:, None], equivalents).min(dim=1).values
 
 
 def describe(dist: SO3Distribution, b: int = 0) -> str:
@@ -91,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize()
     elapsed = (time.perf_counter() - t0) * 1000
 
-    err = symmetric_error(dist.mode().cpu(), equivalents[None])[0]
+    err = nearest_equivalent_error(dist.mode().cpu(), equivalents[None])[0]
     print(f"object: {args.shape} ({equivalents.shape[0]} equivalent rotations), image {image_size}x{image_size}")
     print(f"  truth (x, y, z, w):      ({', '.join(f'{v:+.4f}' for v in so3.matrix_to_quat(truth).tolist())})")
     print(describe(dist.to("cpu")))

@@ -67,6 +67,7 @@ def _listen(opts: argparse.Namespace) -> int:
 
     from pose_core import so3
     from pose_core.data.shapes import get_shape
+    from pose_core.metrics import nearest_equivalent_error
 
     shape = get_shape(opts.shape)
     qos = QoSProfile(
@@ -99,7 +100,7 @@ def _listen(opts: argparse.Namespace) -> int:
             return
         eq = torch.as_tensor(shape.equivalent_rotations(R_true))  # (K, 3, 3)
         R = torch.as_tensor(quat(msg.mode.orientation))
-        err = math.degrees(float(so3.geodesic_distance(R[None], eq).min()))
+        err = math.degrees(float(nearest_equivalent_error(R[None], eq[None])[0]))
         if not first:
             first.append(time.monotonic())
         errors.append(err)
