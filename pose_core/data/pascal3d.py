@@ -255,6 +255,23 @@ def _sample_augmentation(generator: torch.Generator | None) -> tuple[bool, np.nd
     return flip, hint, jitter
 
 
+def _warp_augmentation(
+    image: np.ndarray, bbox: np.ndarray, px: float, azimuth: float, theta: float, generator: torch.Generator | None
+) -> tuple[np.ndarray, np.ndarray, float, float, float, np.ndarray]:
+    """The reference's training warp of one image ``(H, W, 3)``: a mirror with probability 1/2 (image,
+    box ``(4,)``, principal point x, azimuth and theta flipped) and a jittered box. Returns
+    ``(image, bbox, px, azimuth, theta, x_axis_hint)``."""
+    flip, hint, jitter = _sample_augmentation(generator)
+    if flip:
+        width = image.shape[1]
+        azimuth, theta = -azimuth, -theta
+        image = image[:, ::-1]
+        bbox = bbox.copy()
+        bbox[0::2] = width - bbox[0::2]
+        px = width - px
+    return image, _jitter_bbox(bbox, jitter), px, azimuth, theta, hint
+
+
 def _jitter_bbox(bbox: np.ndarray, jitter: np.ndarray) -> np.ndarray:
     out = bbox.astype(np.float64).copy()
     w, h = abs(out[2] - out[0]), abs(out[3] - out[1])
@@ -423,18 +440,13 @@ class Pascal3DReal(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         a = self.annotations[index]
         image = read_image_rgb(a.image_path, "PASCAL3D+ image").astype(np.float64) / 255.0  # (H, W, 3)
-        width = image.shape[1]
         bbox = a.bbox.copy()
         px, py = a.px, (a.px if self.reference_principal_point else a.py)
         azimuth, theta = a.azimuth, a.theta
         if self.warp:
-            flip, hint, jitter = _sample_augmentation(self.generator)
-            if flip:
-                azimuth, theta = -azimuth, -theta
-                image = image[:, ::-1]
-                bbox[0::2] = width - bbox[0::2]
-                px = width - px
-            bbox = _jitter_bbox(bbox, jitter)
+            image, bbox, px, azimuth, theta, hint = _warp_augmentation(
+                image, bbox, px, azimuth, theta, self.generator
+            )
         else:
             hint = np.array([1.0, 0.0, 0.0])
         K = pascal3d_intrinsics(a.focal * a.viewport, px, py)
@@ -493,13 +505,7 @@ class Pascal3DSynth(Dataset):
         h, w = image.shape[:2]
         bbox = np.array([0.0, 0.0, w, h])
         px, py = w / 2, h / 2
-        flip, hint, jitter = _sample_augmentation(self.generator)
-        if flip:
-            azimuth, theta = -azimuth, -theta
-            image = image[:, ::-1]
-            bbox[0::2] = w - bbox[0::2]
-            px = w - px
-        bbox = _jitter_bbox(bbox, jitter)
+        image, bbox, px, azimuth, theta, hint = _warp_augmentation(image, bbox, px, azimuth, theta, self.generator)
         K = pascal3d_intrinsics(SYNTH_FOCAL_PX, px, py)
         R = pascal3d_rotation(azimuth, elevation, -theta)
         warped, rot = perspective_crop(image, K, R, bbox, self.image_size, hint)
