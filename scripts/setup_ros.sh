@@ -7,7 +7,7 @@
 #    wheels into VENV (skipped when all are present; pip honours PIP_CONSTRAINT for pinning);
 # 2. rewrites the build machine's include paths in VENV/share/*/cmake/*.cmake (always: a
 #    wheel reinstall undoes it);
-# 3. builds tf2_msgs (upstream definitions, not on PyPI) and this repo's msg/ (package
+# 3. builds tf2_msgs and vision_msgs (upstream definitions, not on PyPI) and this repo's msg/ (package
 #    pose_distribution) with plain cmake and installs them INTO VENV, skipping a build whose
 #    stamp (hash of its inputs) is current.
 # Afterwards `VENV/bin/python -c "from pose_distribution.msg import PoseDistribution"` works
@@ -242,13 +242,25 @@ EOF
   build_interfaces tf2_msgs "$TF2"
 fi
 
-# (b) this repository's msg/, from the repository's own CMakeLists.txt.
+# (b) vision_msgs (detections in): upstream ros-perception/vision_msgs msg/ kept byte for byte in
+# third_party/vision_msgs (see third_party/README.md), built only where no installed copy exists.
+vision_location=$(vpy -c 'import vision_msgs, os; print(os.path.dirname(vision_msgs.__file__))' 2>/dev/null || true)
+if [ -n "$vision_location" ] && [ "${vision_location#"$VENV"/}" = "$vision_location" ]; then
+  log "vision_msgs: provided outside the venv ($vision_location), not building it"
+else
+  build_interfaces vision_msgs "$REPO/third_party/vision_msgs"
+fi
+
+# (c) this repository's msg/, from the repository's own CMakeLists.txt.
 build_interfaces pose_distribution "$REPO" -DPOSE_DISTRIBUTION_INTERFACES_ONLY=ON
 
 # --- check, as from a fresh shell with nothing sourced ---------------------------------------
 CHECK='from pose_distribution.msg import PoseDistribution'
 if [ -z "$tf2_location" ] || [ "${tf2_location#"$VENV"/}" != "$tf2_location" ]; then
   CHECK="$CHECK; from tf2_msgs.msg import TFMessage"
+fi
+if [ -z "$vision_location" ] || [ "${vision_location#"$VENV"/}" != "$vision_location" ]; then
+  CHECK="$CHECK; from vision_msgs.msg import Detection2DArray"
 fi
 env -i PATH=/usr/bin:/bin HOME="${HOME:-/root}" "$PY" -c "$CHECK" \
   || die "final check failed: env -i $PY -c '$CHECK'"
