@@ -57,6 +57,8 @@ __all__ = [
     "correct_covariance",
     "pose_estimate",
     "square_region",
+    "detection_region",
+    "crop_input",
     "model_input",
 ]
 
@@ -397,20 +399,72 @@ def square_region(width: int, height: int) -> tuple[int, int, int, int]:
     return u0, v0, u0 + s, v0 + s
 
 
-def model_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """RGB image ``(H, W, 3)`` (uint8, or float in [0, 1]) → model input ``(1, 3, size, size)`` float32 in [0, 1].
+def detection_region(
+    center: tuple[float, float], box_size: tuple[float, float], scale: float = 1.0
+) -> tuple[int, int, int, int]:
+    """Square crop ``(u0, v0, u1, v1)`` (exclusive ends) around a detection box; may extend past the image.
 
-    The largest centred square is cropped (so the aspect ratio is kept) and resized with
+    Args:
+        center: box centre ``(u, v)`` in pixels (pixel centres at integers, as
+            ``vision_msgs/BoundingBox2D.center``).
+        box_size: box ``(width, height)`` in pixels, both > 0.
+        scale: crop side / the box's longer side (> 0): context kept around the object, to match
+            how much of the frame the object filled in training.
+
+    The side is ``max(1, round(scale * max(width, height)))`` and :func:`region_center` of the
+    result is ``center`` up to half a pixel, so the crop's viewing ray is the box's.
+    """
+    cu, cv = (float(x) for x in center)
+    w, h = (float(x) for x in box_size)
+    if not all(math.isfinite(x) for x in (cu, cv, w, h, float(scale))):
+        raise ValueError(f"detection box must be finite, got center {center!r}, size {box_size!r}, scale {scale!r}")
+    if w <= 0 or h <= 0 or scale <= 0:
+        raise ValueError(f"detection box size and scale must be > 0, got size {box_size!r}, scale {scale!r}")
+    side = max(1, round(scale * max(w, h)))
+    u0, v0 = round(cu - (side - 1) / 2), round(cv - (side - 1) / 2)
+    return u0, v0, u0 + side, v0 + side
+
+
+def crop_input(image: np.ndarray, region: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """RGB image ``(H, W, 3)`` (uint8, or float in [0, 1]) → the model input ``(1, 3, size, size)`` of ``region``.
+
+    ``region`` ``(u0, v0, u1, v1)`` (integers, exclusive ends) may extend past the image; what lies
+    outside is black (0), like the renderer's background, so an object at the border keeps its
+    place in the crop. It must overlap the image. The crop is resized with
     ``torch.nn.functional.interpolate`` (bilinear, antialiased) to ``size``; ``size <= 0`` keeps it.
-    Returns the tensor and the crop region ``(u0, v0, u1, v1)`` in the input image, whose centre
-    gives the crop rotation correction (:func:`correct_crop_rotation`).
+    Float32 in [0, 1].
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image must have shape (H, W, 3) with H, W > 0, got {image.shape}")
-    u0, v0, u1, v1 = square_region(image.shape[1], image.shape[0])
-    x = torch.from_numpy(np.ascontiguousarray(image[v0:v1, u0:u1])).permute(2, 0, 1)[None]  # (1, 3, S, S)
+    height, width = image.shape[:2]
+    u0, v0, u1, v1 = (int(x) for x in region)
+    if u1 <= u0 or v1 <= v0:
+        raise ValueError(f"region must have u1 > u0 and v1 > v0, got {region!r}")
+    cu0, cv0, cu1, cv1 = max(u0, 0), max(v0, 0), min(u1, width), min(v1, height)
+    if cu1 <= cu0 or cv1 <= cv0:
+        raise ValueError(f"region {region!r} lies outside the {width}x{height} image")
+    if (cu0, cv0, cu1, cv1) == (u0, v0, u1, v1):
+        crop = image[v0:v1, u0:u1]
+    else:
+        crop = np.zeros((v1 - v0, u1 - u0, 3), dtype=image.dtype)
+        crop[cv0 - v0 : cv1 - v0, cu0 - u0 : cu1 - u0] = image[cv0:cv1, cu0:cu1]
+    x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None]  # (1, 3, h, w)
     x = x.float().div(255.0) if image.dtype == np.uint8 else x.float()
-    if size > 0 and x.shape[-1] != size:
+    if size > 0 and (x.shape[-2], x.shape[-1]) != (size, size):
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp_(0.0, 1.0), (u0, v0, u1, v1)
+    return x.clamp_(0.0, 1.0)
+
+
+def model_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """RGB image ``(H, W, 3)`` (uint8, or float in [0, 1]) → model input ``(1, 3, size, size)`` float32 in [0, 1].
+
+    The largest centred square (:func:`square_region`, so the aspect ratio is kept) through
+    :func:`crop_input`. Returns the tensor and the crop region ``(u0, v0, u1, v1)`` in the input
+    image, whose centre gives the crop rotation correction (:func:`correct_crop_rotation`).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image must have shape (H, W, 3) with H, W > 0, got {image.shape}")
+    region = square_region(image.shape[1], image.shape[0])
+    return crop_input(image, region, size), region

@@ -201,3 +201,52 @@ def test_model_input_square_crop_and_resize() -> None:
     assert y.shape == (1, 3, 40, 40)
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         camera.model_input(np.zeros((0, 4, 3), np.uint8), 16)
+
+
+@pytest.mark.parametrize(
+    ("center", "box", "scale"),
+    [((30.0, 20.0), (10.0, 6.0), 1.0), ((12.5, 7.25), (9.0, 13.0), 1.5), ((0.0, 0.0), (1, 1), 3)],
+)
+def test_detection_region_is_a_square_centred_on_the_box(center, box, scale) -> None:
+    u0, v0, u1, v1 = camera.detection_region(center, box, scale)
+    assert all(isinstance(x, int) for x in (u0, v0, u1, v1))
+    assert u1 - u0 == v1 - v0 == max(1, round(scale * max(box)))
+    cu, cv = camera.region_center((u0, v0, u1, v1), 100, 100)
+    assert abs(cu - center[0]) <= 0.5 and abs(cv - center[1]) <= 0.5
+
+
+def test_detection_region_rejects_bad_boxes() -> None:
+    with pytest.raises(ValueError, match="size and scale must be > 0"):
+        camera.detection_region((5, 5), (0, 4))
+    with pytest.raises(ValueError, match="finite"):
+        camera.detection_region((math.nan, 5), (3, 4))
+    with pytest.raises(ValueError, match="size and scale must be > 0"):
+        camera.detection_region((5, 5), (3, 4), scale=-1)
+
+
+def test_crop_input_pads_outside_the_image_with_black() -> None:
+    img = np.full((20, 30, 3), 200, dtype=np.uint8)
+    img[:, :, 1] = np.arange(30, dtype=np.uint8)[None, :]  # green = column index
+    x = camera.crop_input(img, (-5, 2, 5, 12), 0)  # half outside on the left
+    assert x.shape == (1, 3, 10, 10)
+    torch.testing.assert_close(x[0, :, :, :5], torch.zeros(3, 10, 5))
+    torch.testing.assert_close(x[0, 1, :, 5:], torch.arange(5.0).div(255).expand(10, 5))
+    inside = camera.crop_input(img, (3, 4, 13, 14), 0)
+    torch.testing.assert_close(inside[0, 1, 0], torch.arange(3.0, 13.0).div(255))
+    assert camera.crop_input(img, (-5, 2, 5, 12), 8).shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="outside the 30x20 image"):
+        camera.crop_input(img, (40, 0, 50, 10), 8)
+    with pytest.raises(ValueError, match="u1 > u0"):
+        camera.crop_input(img, (5, 0, 5, 10), 8)
+
+
+def test_crop_rotation_correction_of_an_off_centre_detection() -> None:
+    """An object right of the optical axis: the crop's virtual camera turns to look at it, so the
+    rotation the model sees (R_crop = R_ray^T R) composes back to the camera-frame R."""
+    center = (520.0, 240.0)  # 200 px right of cx
+    R_ray = camera.ray_rotation(camera.pixel_ray(K, *center))
+    angle = so3.geodesic_distance(torch.eye(3, dtype=torch.float64), R_ray).item()
+    assert math.degrees(angle) == pytest.approx(math.degrees(math.atan(200 / 500)), abs=1e-9)
+    R = so3.random_rotations(5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    R_crop = R_ray.T @ R
+    torch.testing.assert_close(camera.correct_crop_rotation(R_crop, K, center), R)
