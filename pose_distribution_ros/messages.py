@@ -10,7 +10,9 @@ x, y, z, w; the pose maps object-frame points into the header frame, i.e. it is 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,8 @@ from pose_core import so3
 from pose_core.camera import PoseEstimate, TranslationEstimate, pose_estimate
 
 __all__ = [
+    "DetectionBox",
+    "detection_boxes",
     "quaternions_xyzw",
     "quaternion_msgs",
     "pose_msg",
@@ -120,3 +124,45 @@ def transform_msg(estimate: PoseEstimate, header: Any, child_frame_id: str) -> T
     msg.transform.translation = Vector3(x=x, y=y, z=z)
     msg.transform.rotation = quaternion_msgs(estimate.rotation[None])[0]
     return msg
+
+
+@dataclass(frozen=True)
+class DetectionBox:
+    """One ``vision_msgs/Detection2D`` box, as the node uses it.
+
+    Attributes:
+        index: position in the ``Detection2DArray``.
+        center: ``(u, v)`` pixels (``bbox.center.position``; ``bbox.center.theta`` is ignored: the
+            crop is axis-aligned around the box).
+        size: ``(width, height)`` pixels (``bbox.size_x``, ``bbox.size_y``).
+        score: highest ``results[*].hypothesis.score`` (0 without results).
+        id: ``Detection2D.id``.
+        frame_suffix: ``id`` made a valid frame-name part (``[A-Za-z0-9_]``), or ``str(index)``
+            when ``id`` is empty.
+    """
+
+    index: int
+    center: tuple[float, float]
+    size: tuple[float, float]
+    score: float
+    id: str
+    frame_suffix: str
+
+
+def detection_boxes(msg: Any) -> list[DetectionBox]:
+    """The boxes of a ``vision_msgs/Detection2DArray``, highest score first (stable for ties)."""
+    boxes = []
+    for i, det in enumerate(msg.detections):
+        score = max((float(r.hypothesis.score) for r in det.results), default=0.0)
+        suffix = re.sub(r"[^A-Za-z0-9_]", "_", det.id) if det.id else str(i)
+        boxes.append(
+            DetectionBox(
+                index=i,
+                center=(float(det.bbox.center.position.x), float(det.bbox.center.position.y)),
+                size=(float(det.bbox.size_x), float(det.bbox.size_y)),
+                score=score,
+                id=det.id,
+                frame_suffix=suffix,
+            )
+        )
+    return sorted(boxes, key=lambda b: -b.score)

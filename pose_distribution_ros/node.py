@@ -7,12 +7,15 @@ Subscriptions (remappable):
     ``camera_info`` (sensor_msgs/CameraInfo, optional): intrinsics for the viewing ray of the crop
     (rotation correction) and the translation estimate.
     ``depth`` (sensor_msgs/Image, optional, aligned with ``image``): 16UC1 (mm) or 32FC1 (m).
+    ``detections`` (vision_msgs/Detection2DArray, when ``use_detections``): boxes in ``image``
+    pixels, paired with the image of the same stamp; one distribution per box.
 
 Publications (headers: the input image's stamp; frame ``camera_frame_id`` or the image's frame):
     ``~/distribution`` (pose_distribution/PoseDistribution),
     ``~/distributions`` (pose_distribution/PoseDistributionArray),
     ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped), ``~/samples`` (geometry_msgs/PoseArray),
-    ``/tf`` (camera frame -> ``object_frame_id``, when ``publish_tf``),
+    ``/tf`` (camera frame -> ``object_frame_id``, when ``publish_tf``; with detections one child
+    frame per box, ``<object_frame_id>_<Detection2D.id>``, or ``_<index>`` when the id is empty),
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, 1 Hz: latency, rates, drops, errors).
 
 Runtime: the image callback only stores the newest frame in a single slot (an unprocessed frame
@@ -21,16 +24,20 @@ at most ``max_rate_hz`` times a second. Bad input is logged (rate-limited, one l
 problem) and the node goes on with the next frame. A missing or unreadable checkpoint stops the
 node at start-up with exit status 1.
 
-Detections (vision_msgs/Detection2DArray, one distribution per box) are not implemented: vision_msgs
-is not available on the bare-machine set-up; the whole image (its largest centred square) is one
-object.
+Objects: without detections the whole image (its largest centred square) is one object. With
+``use_detections``, every Detection2DArray (at most ``max_detections`` boxes, highest score first)
+is paired with the buffered image of the same stamp (either may arrive first); each box becomes a
+square crop, ``detection_crop_scale`` times its longer side, run through the model as one batch;
+each crop's rotation is corrected for its off-centre viewing ray (needs camera_info) and gets its
+own translation. ``~/distributions`` then holds one distribution per box, in that order (empty for
+an empty array), and ``~/distribution``, ``~/pose`` and ``~/samples`` carry the first one.
+Images without detections are not processed in that mode.
 
 Run: ``python -m pose_distribution_ros.node --ros-args --params-file config/pose_distribution.yaml``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import threading
 import time
@@ -65,6 +72,8 @@ ERROR_THROTTLE_S = 5.0
 DEPTH_MAX_SKEW_S = 0.1
 #: Depth images kept to pair with colour images by stamp.
 DEPTH_BUFFER = 10
+#: Colour images / detection arrays kept to pair with each other by stamp (use_detections).
+PAIR_BUFFER = 30
 
 _RELIABLE_10 = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
@@ -94,6 +103,8 @@ _RUNTIME_PARAMETERS = (
     "publish_tf",
     "nominal_distance_m",
     "max_rate_hz",
+    "detection_crop_scale",
+    "max_detections",
 )
 
 
@@ -143,6 +154,8 @@ class Settings:
     publish_tf: bool
     nominal_distance_m: float
     max_rate_hz: float
+    detection_crop_scale: float
+    max_detections: int
 
 
 class FrameSlot:
@@ -263,6 +276,33 @@ class PoseDistributionNode(Node):
             ),
         )
 
+        self.declare_parameter(
+            "use_detections",
+            False,
+            _describe(
+                "Subscribe to 'detections' (vision_msgs/Detection2DArray) and publish one distribution per box; "
+                "false: the whole image is one object.",
+                read_only=True,
+            ),
+        )
+        self.declare_parameter(
+            "detection_crop_scale",
+            1.2,
+            _describe(
+                "Crop side / a detection box's longer side (training renders fill about 1/1.2 of the frame).",
+                floating_point_range=[FloatingPointRange(from_value=0.1, to_value=10.0, step=0.0)],
+            ),
+        )
+        self.declare_parameter(
+            "max_detections",
+            8,
+            _describe(
+                "Most boxes per image (highest score first); the rest are dropped and counted.",
+                integer_range=[IntegerRange(from_value=1, to_value=256, step=1)],
+            ),
+        )
+
+        self._detection_type = self._detection_message_type()
         self._checkpoint = resolve_checkpoint(self.get_parameter("checkpoint").value)
         # torch, e3nn and pose_core take seconds to import: only after the checkpoint check, so that
         # a wrong path fails at once.
@@ -295,16 +335,16 @@ class PoseDistributionNode(Node):
         self._errors = 0
         self._last_error = ""
         self._slot = FrameSlot()
+        self._images: deque[tuple[Image, float]] = deque(maxlen=PAIR_BUFFER)  # use_detections: newest last
+        self._pending_detections: deque[Any] = deque()  # arrays that came before their image
+        self._unmatched_detections = 0
+        self._dropped_boxes = 0
+        if self._detection_type is not None:
+            self.create_subscription(self._detection_type, "detections", self._on_detections, _RELIABLE_10)
         self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
         self.create_subscription(Image, "depth", self._on_depth, qos_profile_sensor_data)
         self.create_timer(1.0, self._publish_diagnostics)
-
-        if importlib.util.find_spec("vision_msgs") is not None:  # import guard: detections are future work
-            self.get_logger().warning(
-                "vision_msgs is installed, but detections are not supported yet: "
-                "the whole image is treated as one object"
-            )
 
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run_worker, name="pose_distribution_inference", daemon=True)
@@ -312,9 +352,27 @@ class PoseDistributionNode(Node):
         self.get_logger().info(
             f"ready: model on {self._model.device}, input {self._image_size} px, "
             f"grid level {self._settings.target_level}; waiting for images on {self.resolve_topic_name('image')}"
+            + (
+                f" and detections on {self.resolve_topic_name('detections')}"
+                if self._detection_type is not None
+                else ""
+            )
         )
 
     # ------------------------------------------------------------------ start-up
+    def _detection_message_type(self) -> Any:
+        """vision_msgs/Detection2DArray when ``use_detections``, else ``None``; StartupError if not importable."""
+        if not self.get_parameter("use_detections").value:
+            return None
+        try:
+            from vision_msgs.msg import Detection2DArray
+        except ImportError as exc:
+            raise StartupError(
+                "use_detections is true but vision_msgs cannot be imported "
+                f"({exc}); install ros-<distro>-vision-msgs, or run scripts/setup_ros.sh for the venv"
+            ) from exc
+        return Detection2DArray
+
     def _parameter_values(self) -> dict[str, Any]:
         return {p.name: p.value for p in self.get_parameters(_RUNTIME_PARAMETERS)}
 
@@ -333,6 +391,8 @@ class PoseDistributionNode(Node):
             publish_tf=bool(values["publish_tf"]),
             nominal_distance_m=float(values["nominal_distance_m"]),
             max_rate_hz=float(values["max_rate_hz"]),
+            detection_crop_scale=float(values["detection_crop_scale"]),
+            max_detections=int(values["max_detections"]),
         )
 
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
@@ -371,7 +431,43 @@ class PoseDistributionNode(Node):
 
     # ------------------------------------------------------------------ callbacks (executor thread)
     def _on_image(self, msg: Image) -> None:
-        self._slot.put((msg, time.monotonic()))
+        received = time.monotonic()
+        if self._detection_type is None:
+            self._slot.put((msg, received, None))
+            return
+        with self._lock:
+            self._images.append((msg, received))
+            detections = self._take_matching(self._pending_detections, msg.header.stamp, lambda d: d.header.stamp)
+        if detections is not None:
+            self._slot.put((msg, received, detections))
+
+    def _on_detections(self, msg: Any) -> None:
+        with self._lock:
+            pair = self._take_matching(self._images, msg.header.stamp, lambda item: item[0].header.stamp)
+            if pair is None:
+                self._pending_detections.append(msg)
+                while len(self._pending_detections) > PAIR_BUFFER:
+                    self._pending_detections.popleft()
+                    self._unmatched_detections += 1
+        if pair is None:
+            if self._images and _stamp_ns(msg.header.stamp) < _stamp_ns(self._images[0][0].header.stamp):
+                self.get_logger().warning(
+                    f"detections stamped {_stamp_ns(msg.header.stamp) * 1e-9:.6f} are older than every buffered "
+                    f"image (last {PAIR_BUFFER}); is the detector behind or on another clock?",
+                    throttle_duration_sec=ERROR_THROTTLE_S,
+                )
+            return
+        self._slot.put((pair[0], pair[1], msg))
+
+    @staticmethod
+    def _take_matching(buffer: deque, stamp: Any, stamp_of: Any) -> Any:
+        """Remove and return the item of ``buffer`` stamped exactly ``stamp`` (None if none)."""
+        want = _stamp_ns(stamp)
+        for item in buffer:
+            if _stamp_ns(stamp_of(item)) == want:
+                buffer.remove(item)
+                return item
+        return None
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -404,6 +500,8 @@ class PoseDistributionNode(Node):
             KeyValue(key="rate_hz", value=f"{rate:.2f}"),
             KeyValue(key="processed", value=str(processed)),
             KeyValue(key="dropped", value=str(self._slot.dropped)),
+            KeyValue(key="unmatched_detections", value=str(self._unmatched_detections)),
+            KeyValue(key="dropped_boxes", value=str(self._dropped_boxes)),
             KeyValue(key="bad_inputs", value=str(errors)),
             KeyValue(key="last_error", value=last_error),
         ]
@@ -446,6 +544,8 @@ class PoseDistributionNode(Node):
             log.error(f"bad image: {text}", throttle_duration_sec=ERROR_THROTTLE_S)
         elif kind == "depth":
             log.error(f"bad depth: {text}", throttle_duration_sec=ERROR_THROTTLE_S)
+        elif kind == "detection":
+            log.error(f"bad detection: {text}", throttle_duration_sec=ERROR_THROTTLE_S)
         else:
             log.error(text, throttle_duration_sec=ERROR_THROTTLE_S)
 
@@ -492,29 +592,76 @@ class PoseDistributionNode(Node):
             return camera.translation_from_nominal(distance)
         return camera.translation_from_nominal(distance, K, center)
 
-    def _process(self, image: Image, received: float, started: float) -> None:
+    def _crops(self, image: Image, rgb: Any, detections: Any) -> tuple[list[Any], list[Any], list[str]]:
+        """Model inputs ``(1, 3, S, S)``, crop regions and child frame ids of the objects in ``image``."""
+        s = self._settings
+        if detections is None:
+            x, region = camera.model_input(rgb, self._image_size)
+            return [x], [region], [s.object_frame_id]
+        boxes = messages.detection_boxes(detections)
+        if len(boxes) > s.max_detections:
+            with self._lock:
+                self._dropped_boxes += len(boxes) - s.max_detections
+            self.get_logger().warning(
+                f"{len(boxes)} detections, keeping the {s.max_detections} highest-scoring (max_detections)",
+                throttle_duration_sec=ERROR_THROTTLE_S,
+            )
+            boxes = boxes[: s.max_detections]
+        inputs, regions, frames = [], [], []
+        for box in boxes:
+            try:
+                region = camera.detection_region(box.center, box.size, s.detection_crop_scale)
+                inputs.append(camera.crop_input(rgb, region, self._image_size))
+            except ValueError as exc:
+                self._bad_input("detection", f"detection {box.index} (id {box.id!r}) skipped: {exc}")
+                continue
+            regions.append(region)
+            frames.append(f"{s.object_frame_id}_{box.frame_suffix}")
+        return inputs, regions, frames
+
+    def _process(self, image: Image, received: float, detections: Any, started: float) -> None:
         s = self._settings
         rgb = image_to_rgb(image)  # (H, W, 3) uint8; raises ImageConversionError
-        x, region = camera.model_input(rgb, self._image_size)  # (1, 3, S, S)
-        dist = self._model.predict(x, target_level=max(s.target_level, self._model.inference.base_level))
-        K = self._camera_matrix(image)
-        correction = None
-        if K is not None:
-            center = camera.region_center(region, image.width, image.height)
-            correction = camera.ray_rotation(camera.pixel_ray(K, *center))
-        translation = self._translation(image, K, region, s.nominal_distance_m)
-        estimate = messages.from_distribution(
-            dist, translation, num_samples=s.num_samples, generator=self._generator, correction=correction
-        )
-
+        inputs, regions, frames = self._crops(image, rgb, detections)
         header = Header(stamp=image.header.stamp, frame_id=s.camera_frame_id or image.header.frame_id)
-        msg = messages.pose_distribution_msg(estimate, header, s.object_frame_id)
-        self._pub_distribution.publish(msg)
-        self._pub_distributions.publish(messages.pose_distribution_array_msg(header, [msg]))
-        self._pub_pose.publish(messages.pose_with_covariance_msg(estimate, header))
-        self._pub_samples.publish(messages.pose_array_msg(estimate, header))
-        if s.publish_tf:
-            self._tf.publish([messages.transform_msg(estimate, header, s.object_frame_id)])
+        msgs, estimates = [], []
+        if inputs:
+            dist = self._model.predict(
+                torch.cat(inputs), target_level=max(s.target_level, self._model.inference.base_level)
+            )  # batch of len(inputs)
+            K = self._camera_matrix(image)
+            if K is None and detections is not None:
+                self.get_logger().warning(
+                    "no camera_info matching the image: detection crops are not corrected for their viewing ray "
+                    "and translations have no direction",
+                    throttle_duration_sec=ERROR_THROTTLE_S,
+                )
+            for i, (region, frame) in enumerate(zip(regions, frames, strict=True)):
+                correction = None
+                if K is not None:
+                    center = camera.region_center(region, image.width, image.height)
+                    correction = camera.ray_rotation(camera.pixel_ray(K, *center))
+                translation = self._translation(image, K, region, s.nominal_distance_m)
+                estimate = messages.from_distribution(
+                    dist,
+                    translation,
+                    index=i,
+                    num_samples=s.num_samples,
+                    generator=self._generator,
+                    correction=correction,
+                )
+                estimates.append(estimate)
+                msgs.append(messages.pose_distribution_msg(estimate, header, frame))
+
+        self._pub_distributions.publish(messages.pose_distribution_array_msg(header, msgs))
+        if msgs:
+            self._pub_distribution.publish(msgs[0])
+            self._pub_pose.publish(messages.pose_with_covariance_msg(estimates[0], header))
+            self._pub_samples.publish(messages.pose_array_msg(estimates[0], header))
+            if s.publish_tf:
+                self._tf.publish(
+                    [messages.transform_msg(e, header, frame) for e, frame in zip(estimates, frames, strict=True)]
+                )
         done = time.monotonic()
         with self._lock:
             self._processed += 1
@@ -529,6 +676,11 @@ class PoseDistributionNode(Node):
         self._slot.wake()
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout=30.0)
+
+
+def _stamp_ns(stamp: Any) -> int:
+    """``builtin_interfaces/Time`` → integer nanoseconds (exact, for pairing messages by stamp)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def main(args: list[str] | None = None) -> int:
