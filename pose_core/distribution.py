@@ -125,9 +125,8 @@ class SO3Distribution:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         B, device = coeffs.shape[0], coeffs.device
-        W = fourier.grid_flat_wigner(base_level, lmax, coeffs.dtype, device)
-        values = [coeffs @ W.T]  # (B, N0) log-density up to a constant, per level block
-        indices = [torch.arange(W.shape[0], device=device).expand(B, -1)]
+        values = [fourier.evaluate_grid(coeffs, base_level, lmax)]  # (B, N0) log-density up to a constant, per level
+        indices = [torch.arange(values[0].shape[1], device=device).expand(B, -1)]
         levels = [base_level]
         for level in range(base_level, target_level):
             k = min(top_k, values[-1].shape[1])
@@ -177,16 +176,41 @@ class SO3Distribution:
             out[:, cols] = grids.cell_rotations(lv, index[:, cols], dtype=out.dtype)
         return out
 
+    def cell_quaternions(self, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Centre rotations of the cells in ``columns`` ``(C',)`` (default: all) as quaternions ``(B, C', 4)``.
+
+        ``(x, y, z, w)``, ``w >= 0`` (:mod:`pose_core.so3`); the rotations of :meth:`cell_rotations`.
+        """
+        level = self.cell_level if columns is None else self.cell_level[columns]
+        index = self.cell_index if columns is None else self.cell_index[:, columns]
+        out = torch.empty(index.shape + (4,), dtype=self.log_mass.dtype, device=self.log_mass.device)
+        for lv in level.unique().tolist():
+            cols = (level == lv).nonzero().squeeze(1)
+            out[:, cols] = grids.cell_quaternions(lv, index[:, cols], dtype=out.dtype)
+        return out
+
     def _support(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Columns ``(C',)`` holding more than 1e-12 mass in some row, and their rotations ``(B, C', 3, 3)``.
+        """Columns ``(C',)`` holding more than 1e-12 mass in some row, and their quaternions ``(B, C', 4)``.
 
         Cells below that mass cannot change a covariance or a mode's mass at float precision.
-        Computed once per distribution (covariance and top_modes share it).
+        Computed once per distribution (covariance and top_modes share it). Quaternions, not
+        matrices: a flat distribution has tens of thousands of cells in its support, and
+        quaternion products and dot products are several times cheaper than 3x3 matrix work.
         """
         if self._support_cache is None:
             cols = (self.log_mass > math.log(1e-12)).any(dim=0).nonzero().squeeze(1)
-            self._support_cache = (cols, self.cell_rotations(cols))
+            self._support_cache = (cols, self.cell_quaternions(cols))
         return self._support_cache
+
+    def _rotations_at(self, best: torch.Tensor) -> torch.Tensor:
+        """Centre rotations ``(B, 3, 3)`` of one column per row, ``best`` ``(B,)``."""
+        level = self.cell_level[best]
+        index = torch.gather(self.cell_index, 1, best[:, None])[:, 0]
+        out = torch.empty((self.batch_size, 3, 3), dtype=self.log_mass.dtype, device=self.log_mass.device)
+        for lv in level.unique().tolist():
+            rows = level == lv
+            out[rows] = grids.cell_rotations(lv, index[rows], dtype=out.dtype)
+        return out
 
     def cell_log_density(self) -> torch.Tensor:
         """Log-density ``(B, C)`` of each cell (``-inf`` for refined-away cells)."""
@@ -223,14 +247,7 @@ class SO3Distribution:
 
     def mode(self) -> torch.Tensor:
         """Most probable rotation ``(B, 3, 3)``: centre of the cell of highest density."""
-        best = self.cell_log_density().argmax(dim=1)  # (B,)
-        level = self.cell_level[best]
-        index = torch.gather(self.cell_index, 1, best[:, None])[:, 0]
-        out = torch.empty((self.batch_size, 3, 3), dtype=self.log_mass.dtype, device=self.log_mass.device)
-        for lv in level.unique().tolist():
-            rows = level == lv
-            out[rows] = grids.cell_rotations(lv, index[rows], dtype=out.dtype)
-        return out
+        return self._rotations_at(self.cell_log_density().argmax(dim=1))
 
     def mode_resolution(self) -> float:
         """Size (rad) of the cells the mode is chosen among: :func:`pose_core.grids.resolution` of the finest level."""
@@ -250,8 +267,10 @@ class SO3Distribution:
         Multimodal distributions get the large covariance they have; nothing is clipped.
         """
         center = self.mode() if about is None else about
-        cols, R = self._support()  # (C',), (B, C', 3, 3)
-        omega = so3.matrix_to_rotvec(R @ center[:, None].transpose(-1, -2))  # (B, C', 3)
+        cols, q = self._support()  # (C',), (B, C', 4)
+        q_center = so3.matrix_to_quat(center.to(q.dtype))  # (B, 4)
+        # (B, C', 3): rotation vectors of R @ center^T
+        omega = so3.quat_to_rotvec(so3.quat_multiply(q, so3.quat_conjugate(q_center)[:, None]))
         p = self.log_mass[:, cols].exp()  # (B, C'); 0 for refined-away cells
         second = torch.einsum("bc,bci,bcj->bij", p, omega, omega)
         cell_var = torch.tensor(
@@ -291,18 +310,21 @@ class SO3Distribution:
         and masses ``(B, k)`` (descending by density; mass 0 and identity where fewer modes exist).
         """
         B = self.batch_size
-        cols, R = self._support()  # (C',), (B, C', 3, 3)
+        cols, q = self._support()  # (C',), (B, C', 4)
         density = self.cell_log_density()[:, cols]
         p = self.log_mass[:, cols].exp()
-        rots = torch.eye(3, dtype=R.dtype, device=R.device).repeat(B, k, 1, 1)
+        rots = torch.eye(3, dtype=q.dtype, device=q.device).repeat(B, k, 1, 1)
         mass = torch.zeros((B, k), dtype=p.dtype, device=p.device)
         free = torch.isfinite(density)
+        # angle(R1^T R2) <= radius  <=>  |<q1, q2>| >= cos(radius / 2)  (q and -q are one rotation)
+        min_dot = math.cos(min(radius, math.pi) / 2)
         for j in range(k):
             d = torch.where(free, density, torch.full_like(density, float("-inf")))
             best = d.argmax(dim=1)
             ok = torch.isfinite(d.gather(1, best[:, None]))[:, 0]
-            center = R[torch.arange(B), best]  # (B, 3, 3)
-            near = (so3.geodesic_distance(center[:, None], R) <= radius) & free
+            q_center = q[torch.arange(B), best]  # (B, 4)
+            near = ((q * q_center[:, None]).sum(-1).abs() >= min_dot) & free
+            center = self._rotations_at(cols[best])  # (B, 3, 3)
             rots[ok, j] = center[ok]
             mass[ok, j] = (p * near).sum(1)[ok]
             free = free & ~near

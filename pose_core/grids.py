@@ -125,6 +125,29 @@ def cell_rotations(
     return _compute_cell_rotations(level, index).to(dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _quaternion_table(level: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return so3.matrix_to_quat(_rotation_table(level, torch.float64, device)).to(dtype)
+
+
+def cell_quaternions(
+    level: int,
+    index: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Centre rotations of the cells ``index`` ``(...)`` at ``level`` as quaternions ``(..., 4)`` (x, y, z, w), w >= 0.
+
+    Same rotations as :func:`cell_rotations` (coarse levels from a cached table).
+    """
+    _check_level(level)
+    index = torch.as_tensor(index)
+    if index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"index must be an integer tensor, got {index.dtype}")
+    if level <= _TABLE_MAX_LEVEL:
+        return _quaternion_table(level, dtype, str(index.device))[index]
+    return so3.matrix_to_quat(_compute_cell_rotations(level, index)).to(dtype)
+
+
 def so3_healpix_grid(level: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """All ``72 * 8**level`` grid rotations ``(N, 3, 3)``, in cell-index order."""
     index = torch.arange(num_cells(level), device=device)

@@ -33,6 +33,9 @@ __all__ = [
     "LOG_HAAR_VOLUME",
     "quat_to_matrix",
     "matrix_to_quat",
+    "quat_multiply",
+    "quat_conjugate",
+    "quat_to_rotvec",
     "geodesic_distance",
     "random_rotations",
     "rotvec_to_matrix",
@@ -125,10 +128,13 @@ def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     _check_trailing(R2, (3, 3), "R2")
     rel = R1.transpose(-1, -2) @ R2
     cos = (rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    sin_vec = torch.stack(
-        (rel[..., 2, 1] - rel[..., 1, 2], rel[..., 0, 2] - rel[..., 2, 0], rel[..., 1, 0] - rel[..., 0, 1]),
-        dim=-1,
-    ) / 2
+    sin_vec = (
+        torch.stack(
+            (rel[..., 2, 1] - rel[..., 1, 2], rel[..., 0, 2] - rel[..., 2, 0], rel[..., 1, 0] - rel[..., 0, 1]),
+            dim=-1,
+        )
+        / 2
+    )
     sin = sin_vec.norm(dim=-1)
     angle = torch.atan2(sin, cos)
     # Near pi the antisymmetric part vanishes; fall back on the trace, which is well conditioned there.
@@ -171,18 +177,50 @@ def rotvec_to_matrix(omega: torch.Tensor) -> torch.Tensor:
     return eye + a * K + b * (K @ K)
 
 
-def matrix_to_rotvec(R: torch.Tensor) -> torch.Tensor:
-    """Rotation matrix ``(..., 3, 3)`` to rotation vector ``(..., 3)`` with angle in ``[0, pi]``.
+def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product ``a * b`` of quaternions ``(..., 4)`` (broadcast), the quaternion of ``R(a) @ R(b)``.
 
-    Goes through the quaternion, which is stable for all angles including ``pi``.
+    Not canonicalised (``w`` may be negative); unit inputs give a unit output.
     """
-    q = matrix_to_quat(R)  # w >= 0, so the angle 2*atan2(|v|, w) is in [0, pi]
+    _check_trailing(a, (4,), "a")
+    _check_trailing(b, (4,), "b")
+    ax, ay, az, aw = a.unbind(-1)
+    bx, by, bz, bw = b.unbind(-1)
+    return torch.stack(
+        (
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ),
+        dim=-1,
+    )
+
+
+def quat_conjugate(q: torch.Tensor) -> torch.Tensor:
+    """Conjugate ``(..., 4)`` of quaternions ``(..., 4)``: the inverse rotation of a unit quaternion."""
+    _check_trailing(q, (4,), "q")
+    return torch.cat((-q[..., :3], q[..., 3:]), dim=-1)
+
+
+def quat_to_rotvec(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternion ``(..., 4)`` (either sign) to rotation vector ``(..., 3)`` with angle in ``[0, pi]``."""
+    _check_trailing(q, (4,), "q")
+    q = torch.where(q[..., 3:4] < 0, -q, q)  # w >= 0, so the angle 2*atan2(|v|, w) is in [0, pi]
     v, w = q[..., :3], q[..., 3:]
     n = v.norm(dim=-1, keepdim=True)
     angle = 2 * torch.atan2(n, w)
     small = n < 1e-7
     scale = torch.where(small, 2 / w.clamp_min(1e-12), angle / torch.where(small, torch.ones_like(n), n))
     return v * scale
+
+
+def matrix_to_rotvec(R: torch.Tensor) -> torch.Tensor:
+    """Rotation matrix ``(..., 3, 3)`` to rotation vector ``(..., 3)`` with angle in ``[0, pi]``.
+
+    Goes through the quaternion, which is stable for all angles including ``pi``.
+    """
+    return quat_to_rotvec(matrix_to_quat(R))
 
 
 def _rz(a: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,34 @@ def test_quaternion_round_trips(dtype, tol, generator):
     torch.testing.assert_close(so3.quat_to_matrix(so3.matrix_to_quat(R)), R, atol=50 * tol, rtol=0)
 
 
+def test_quaternion_product_is_matrix_product(dtype, tol, generator):
+    R1 = so3.random_rotations(300, generator=generator, dtype=dtype)
+    R2 = so3.random_rotations(300, generator=generator, dtype=dtype)
+    q = so3.quat_multiply(so3.matrix_to_quat(R1), so3.matrix_to_quat(R2))
+    torch.testing.assert_close(so3.quat_to_matrix(q), R1 @ R2, atol=50 * tol, rtol=0)
+    # broadcasting, and the conjugate is the inverse
+    q1 = so3.matrix_to_quat(R1)
+    ident = so3.quat_multiply(q1[:, None], so3.quat_conjugate(q1)[:, None])[:, 0]
+    torch.testing.assert_close(
+        so3.quat_to_matrix(ident), torch.eye(3, dtype=dtype).expand(300, 3, 3), atol=50 * tol, rtol=0
+    )
+    # hand-computed: +90 deg about z then +90 deg about x (R = Rz @ Rx) maps y onto z onto... check one vector
+    s = math.sqrt(0.5)
+    qz, qx = torch.tensor([0, 0, s, s], dtype=dtype), torch.tensor([s, 0, 0, s], dtype=dtype)
+    Rzx = so3.quat_to_matrix(so3.quat_multiply(qz, qx))
+    y, z = torch.tensor([0.0, 1, 0], dtype=dtype), torch.tensor([0.0, 0, 1], dtype=dtype)
+    torch.testing.assert_close(Rzx @ y, z, atol=1e-6, rtol=0)  # Rx: y -> z, then Rz leaves z
+
+
+def test_quat_to_rotvec_either_sign(dtype, tol, generator):
+    R = so3.random_rotations(200, generator=generator, dtype=dtype)
+    q = so3.matrix_to_quat(R)
+    omega = so3.quat_to_rotvec(q)
+    torch.testing.assert_close(so3.quat_to_rotvec(-q), omega, atol=0, rtol=0)
+    torch.testing.assert_close(so3.rotvec_to_matrix(omega), R, atol=50 * tol, rtol=0)
+    assert float(omega.norm(dim=-1).max()) <= math.pi + 1e-6
+
+
 @pytest.mark.parametrize("angle", [0.0, 1e-7, 1e-3, math.pi / 2, math.pi - 1e-4, math.pi])
 def test_angles_near_zero_and_pi(dtype, angle):
     axis = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
@@ -80,8 +108,11 @@ def test_euler_helpers_round_trip(dtype, generator):
     atol = 1e-5 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(so3.zyz_to_matrix(*so3.matrix_to_zyz(R)), R, atol=atol, rtol=0)
     torch.testing.assert_close(so3.e3nn_angles_to_matrix(*so3.matrix_to_e3nn_angles(R)), R, atol=atol, rtol=0)
-    poles = so3.zyz_to_matrix(torch.tensor([0.3, 0.7], dtype=dtype), torch.tensor([0.0, math.pi], dtype=dtype),
-                              torch.tensor([0.2, -0.4], dtype=dtype))
+    poles = so3.zyz_to_matrix(
+        torch.tensor([0.3, 0.7], dtype=dtype),
+        torch.tensor([0.0, math.pi], dtype=dtype),
+        torch.tensor([0.2, -0.4], dtype=dtype),
+    )
     torch.testing.assert_close(so3.zyz_to_matrix(*so3.matrix_to_zyz(poles)), poles, atol=atol, rtol=0)
 
 
