@@ -1,0 +1,285 @@
+"""Benchmark suite of the pose_distribution node and library (prints tables, writes JSON, draws a plot).
+
+    .venv/bin/python bench/run.py [--quick] [--device cpu|cuda] --json PATH [--plot PNG]
+                                  [--checkpoint checkpoints/demo.pt] [--reference PATH] [--threads N]
+
+Sections (conventions of :mod:`bench.common`; what each stage is: :mod:`bench.stages`):
+
+1. ``stages``: per-stage cost of a frame (image conversion, preprocessing, encoder, S²/SO(3)
+   head, coarse-to-fine distribution, summary, messages) for batches 1, 8, 32, with the shipped
+   checkpoint at its training size; ``raw_224``: the model on a 224 px input.
+2. ``scaling``: against the mode resolution (target level 3-6), the model input size
+   (64-224 px) and the number of detections per image (1-8 crops as one batch).
+3. ``coarse_to_fine``: against the exhaustive level-5 search (``fourier.full_grid_argmax``),
+   speed-up and mode agreement over rendered images.
+4. ``ros``: end to end through ROS 2 (:mod:`bench.ros_e2e`) at 15 and 30 Hz, with the shipped
+   parameters (``max_rate_hz`` 10) and with ``max_rate_hz`` 0 (unlimited); ``leak``: the node's
+   RSS over 2,000 frames (100 with ``--quick``).
+5. ``training``: images/s with and without AMP (GPU only; the reason is recorded otherwise).
+6. ``reference``: the reference implementation (``--reference``), when it can be imported.
+
+``--quick`` runs every section with a few iterations (a smoke test: nothing about time is
+asserted). Top-level JSON keys include ``coarse_to_fine_speedup``, ``mode_agreement``,
+``node_latency_ms`` (``{"p50", "p90"}`` at 15 Hz, shipped parameters), ``peak_rss_mb``,
+``device``, ``hardware``, ``date`` and ``command``. Timings taken while the load average is high
+are meaningless: ``hardware.load_average`` (before) and ``load_average_after`` say what it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from bench import common, stages
+from bench.ros_e2e import NodeUnderTest, leak_summary
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "demo.pt"
+
+
+def _git_commit() -> str:
+    try:
+        import subprocess
+
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _reference(path: str | None, setup: stages.Setup) -> dict[str, Any]:
+    """Time the reference model of a dmklee/image2sphere checkout when it imports beside our torch."""
+    if not path:
+        return {"skipped": "no --reference PATH given"}
+    root = Path(path)
+    if not (root / "src").is_dir():
+        return {"skipped": f"{root} is not an image2sphere checkout (no src/)"}
+    try:
+        import torchvision  # noqa: F401  (the reference's encoders)
+    except Exception as exc:  # ImportError, or torchvision built for another torch
+        return {"skipped": f"torchvision does not import beside torch {torch.__version__}: "
+                           f"{type(exc).__name__}: {exc}"}
+    sys.path.insert(0, str(root))
+    try:
+        from src.models import I2S, ResNet  # type: ignore[import-not-found]
+
+        encoder = ResNet("resnet50", pretrained=False)
+        model = I2S(encoder, encoder.output_shape, eval_grid_rec_level=5, lmax=6).to(setup.device).eval()
+        x = torch.rand(1, 3, 224, 224, device=setup.device)
+        with torch.no_grad():
+            t = setup.time(lambda: model.compute_probabilities(x))
+        return {"model": "I2S resnet50, level-5 eval grid", "predict": t}
+    except Exception as exc:
+        return {"skipped": f"reference model did not run: {type(exc).__name__}: {exc}"}
+    finally:
+        sys.path.remove(str(root))
+
+
+def _fmt(t: dict[str, float]) -> str:
+    return f"{t['p50_ms']:8.1f} {t['p90_ms']:8.1f}"
+
+
+def _print_tables(r: dict[str, Any]) -> None:
+    print(f"\n== per-stage cost, {r['model']['encoder']} at {r['model']['image_size']} px, "
+          f"target level {r['model']['target_level']} (ms: p50 p90) ==")
+    batches = [s["batch"] for s in r["stages"]]
+    print(f"{'stage':18s}" + "".join(f"{'B=' + str(b):>18s}" for b in batches))
+    for stage in (*stages.STAGES, "total"):
+        print(f"{stage:18s}" + "".join(f"{_fmt(s[stage]):>18s}" for s in r["stages"]))
+    raw = r["raw_224"]
+    print(f"raw model at 224 px: encoder {raw['encoder']['p50_ms']:.1f} ms, head {raw['head']['p50_ms']:.1f} ms, "
+          f"predict {raw['predict']['p50_ms']:.1f} ms (p50)")
+
+    print("\n== scaling: mode resolution (one image) ==")
+    for row in r["scaling"]["levels"]:
+        print(f"level {row['level']} ({row['mode_resolution_deg']:.3f} deg): distribution "
+              f"{row['distribution']['p50_ms']:7.1f} ms, summary {row['summary']['p50_ms']:7.1f} ms")
+    print("== scaling: model input size (one image) ==")
+    for row in r["scaling"]["image_size"]:
+        print(f"{row['input_px']:4d} px: encoder {row['encoder']['p50_ms']:7.1f} ms, head "
+              f"{row['head']['p50_ms']:6.1f} ms, predict {row['predict']['p50_ms']:7.1f} ms")
+    print("== scaling: detections per image ==")
+    for row in r["scaling"]["detections"]:
+        print(f"{row['detections']} crops: frame {row['frame']['p50_ms']:7.1f} ms "
+              f"({row['per_detection_ms']:.1f} ms per detection)")
+
+    c = r["coarse_to_fine"]
+    print(f"\n== coarse-to-fine vs full level-{c['level']} grid ({c['cells']:,} cells), batch {c['timing_batch']} ==")
+    print(f"coarse-to-fine {c['coarse_to_fine']['p50_ms']:.1f} ms | full_grid_argmax {c['full_grid_ms']:.0f} ms "
+          f"(speed-up {c['speedup']:.0f}x) | precomputed matrix {c['precomputed_matrix_ms']:.0f} ms "
+          f"(speed-up {c['speedup_vs_precomputed_matrix']:.1f}x)")
+    print(f"mode agreement over {c['images']} images: within one cell {c['mode_agreement']:.3f}, same cell "
+          f"{c['same_cell']:.3f}, equal log-density {c['value_agreement']:.3f}, max angle {c['max_angle_deg']:.2f} deg")
+
+    print("\n== end to end through ROS 2 (224x224 rgb8, latency = receive time - image stamp) ==")
+    print(f"node start-up {r['ros']['startup_s']:.1f} s")
+    for key, row in r["ros"]["runs"].items():
+        lat = row["latency_ms"]
+        print(f"{key:24s} p50 {lat['p50']:7.1f} ms  p90 {lat['p90']:7.1f} ms | {row['received']}/{row['published']} "
+              f"answered ({row['dropped']} dropped), {row['result_rate_hz']:.1f} results/s, node CPU "
+              f"{row['node_cpu_cores']:.2f} cores, RSS {row['node_memory']['rss_mb']:.0f} MiB")
+    leak = r["ros"]["leak"]
+    if leak.get("samples"):
+        print(f"leak: {r['ros']['leak_frames']} results, RSS first {leak['first_mb']:.0f} / after warm-up "
+              f"{leak['after_warmup_mb']:.0f} / last {leak['last_mb']:.0f} / max {leak['max_mb']:.0f} MiB, "
+              f"drift {100 * leak['drift_rel']:+.2f} %")
+    print(f"\npeak RSS: node {r['peak_rss_mb']['node']:.0f} MiB, benchmark process "
+          f"{r['peak_rss_mb']['benchmark']:.0f} MiB")
+    print(f"training: {r['training'].get('skipped') or json.dumps(r['training'])}")
+    print(f"reference: {r['reference'].get('skipped') or json.dumps(r['reference'])}")
+
+
+def _plot(levels: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = [row["mode_resolution_deg"] for row in levels]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for key, label in (("distribution", "coarse-to-fine distribution"), ("summary", "summary (pose_estimate)")):
+        p50 = [row[key]["p50_ms"] for row in levels]
+        p90 = [row[key]["p90_ms"] for row in levels]
+        ax.plot(res, p50, "o-", label=f"{label} p50")
+        ax.fill_between(res, p50, p90, alpha=0.2)
+    total = [row["distribution"]["p50_ms"] + row["summary"]["p50_ms"] for row in levels]
+    ax.plot(res, total, "s--", color="k", label="sum p50")
+    for row, t in zip(levels, total, strict=True):
+        ax.annotate(f"L{row['level']}", (row["mode_resolution_deg"], t), textcoords="offset points", xytext=(4, 4))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(res, [f"{r:.3g}" for r in res])
+    ax.minorticks_off()
+    ax.invert_xaxis()
+    ax.set_xlabel("mode resolution (deg, finer to the right)")
+    ax.set_ylabel("ms per image")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few iterations of every section (smoke test)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, default=None, help="PNG: latency against mode resolution")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--reference", default=None, help="a checkout of dmklee/image2sphere (optional)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
+    parser.add_argument("--skip-ros", action="store_true", help="leave out the ROS 2 section")
+    args = parser.parse_args(argv)
+
+    from pose_core.model import load_model, read_checkpoint, resolve_device, training_image_size
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    t_start = time.monotonic()
+    result: dict[str, Any] = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "quick": args.quick,
+        "device": str(device),
+        "hardware": common.hardware(device),
+    }
+    q = args.quick
+    model = load_model(args.checkpoint, device=device)
+    image_size = training_image_size(read_checkpoint(args.checkpoint)) or 224
+    n_images = 3 if q else 50
+    images, _, names, K = common.render_images(n_images)
+    setup = stages.Setup(model=model, device=device, image_size=image_size, images=images, K=K,
+                         repeats=3 if q else 30, warmup=1 if q else 3, quick=q)
+    result["model"] = {"checkpoint": str(args.checkpoint), "encoder": model.config.encoder, "lmax": model.lmax,
+                       "image_size": image_size, "target_level": setup.target_level,
+                       "torch_threads": torch.get_num_threads()}
+    result["images"] = {"count": n_images, "shapes": sorted(set(names)), "size_px": 224}
+
+    print(f"[bench] stages ({'quick' if q else 'full'}, {device})", flush=True)
+    result["stages"] = [stages.frame_stages(setup, b) for b in (1, 8, 32)]
+    result["raw_224"] = stages.raw_model_cost(setup, 224)
+    print("[bench] scaling", flush=True)
+    result["scaling"] = {
+        "levels": stages.scaling_levels(setup),
+        "image_size": stages.scaling_image_size(setup),
+        "detections": stages.scaling_detections(setup),
+    }
+    print("[bench] coarse-to-fine vs full grid", flush=True)
+    result["coarse_to_fine"] = stages.coarse_to_fine_vs_full_grid(setup, num_images=n_images)
+    result["coarse_to_fine_speedup"] = result["coarse_to_fine"]["speedup"]
+    result["coarse_to_fine_speedup_vs_precomputed_matrix"] = result["coarse_to_fine"]["speedup_vs_precomputed_matrix"]
+    result["mode_agreement"] = result["coarse_to_fine"]["mode_agreement"]
+    result["training"] = stages.training_throughput(setup)
+    result["reference"] = _reference(args.reference, setup)
+    result["benchmark_memory"] = setup.memory()
+
+    ros: dict[str, Any] = {"runs": {}, "leak": {}, "startup_s": float("nan")}
+    node_peak = float("nan")
+    if args.skip_ros:
+        ros["skipped"] = "--skip-ros"
+    else:
+        print("[bench] ROS 2 end to end", flush=True)
+        frames = 30 if q else 300
+        leak_frames = 100 if q else 2000
+        with NodeUnderTest(images, K, args.checkpoint, device=str(device)) as node:
+            ros["startup_s"] = node.startup_s
+            node.warm_up()
+            for rate in (15, 30):
+                ros["runs"][f"shipped_{rate}hz"] = node.run(rate, frames)
+            node.set_parameter("max_rate_hz", 0.0)
+            for rate in (15, 30):
+                ros["runs"][f"unlimited_{rate}hz"] = node.run(rate, frames)
+            leak = node.run(30, leak_frames, rss_every=max(1, leak_frames // 50), until_received=True)
+            ros["leak"] = leak_summary(leak.pop("rss_samples"))
+            ros["leak"]["run"] = leak
+            ros["leak_frames"] = leak["received"]
+            node_peak = common.process_rss_mb(node.proc.pid)["peak_rss_mb"]
+        if not q:  # torch's OpenMP threads against the other processes on few cores: one thread instead
+            with NodeUnderTest(images, K, args.checkpoint, device=str(device), omp_threads=1) as node:
+                node.warm_up()
+                ros["runs"]["shipped_15hz_1thread"] = node.run(15, frames)
+                node.set_parameter("max_rate_hz", 0.0)
+                ros["runs"]["unlimited_15hz_1thread"] = node.run(15, frames)
+    result["ros"] = ros
+    shipped = ros["runs"].get("shipped_15hz", {}).get("latency_ms", {"p50": float("nan"), "p90": float("nan")})
+    result["node_latency_ms"] = {"p50": shipped["p50"], "p90": shipped["p90"]}
+    result["peak_rss_mb"] = {"node": node_peak, "benchmark": common.peak_rss_mb()}
+    if device.type == "cuda":
+        result["peak_rss_mb"]["benchmark_cuda_max_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["wall_s"] = time.monotonic() - t_start
+
+    _print_tables(result)
+    if args.plot:
+        _plot(result["scaling"]["levels"], args.plot,
+              f"{model.config.encoder} {image_size} px, {device}, {torch.get_num_threads()} threads"
+              f"{' (quick)' if q else ''}")
+        print(f"plot: {args.plot}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(f"JSON: {args.json} ({result['wall_s']:.0f} s)")
+    if any(isinstance(v, float) and math.isnan(v) for v in result["node_latency_ms"].values()) and not args.skip_ros:
+        print("no latency measured: see the ROS section", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
