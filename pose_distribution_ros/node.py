@@ -269,13 +269,23 @@ class PoseDistributionNode(Node):
         )
         self.declare_parameter(
             "max_rate_hz",
-            10.0,
+            0.0,
             _describe(
                 "Most inferences per second; newer frames replace older ones meanwhile. 0: as fast as possible.",
                 floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1000.0, step=0.0)],
             ),
         )
 
+        self.declare_parameter(
+            "torch_threads",
+            0,
+            _describe(
+                "torch intra-op threads of the inference (torch.set_num_threads); 0: torch's default (one per "
+                "core). On a CPU shared with other busy processes, fewer threads than cores is often faster.",
+                read_only=True,
+                integer_range=[IntegerRange(from_value=0, to_value=1024, step=1)],
+            ),
+        )
         self.declare_parameter(
             "use_detections",
             False,
@@ -312,6 +322,9 @@ class PoseDistributionNode(Node):
         from pose_core import camera
         from pose_distribution_ros import messages
 
+        threads = int(self.get_parameter("torch_threads").value)
+        if threads:
+            torch.set_num_threads(threads)
         self._settings = self._settings_from(self._parameter_values())
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._model, self._image_size = self._load_model()
@@ -423,11 +436,19 @@ class PoseDistributionNode(Node):
         return model, size
 
     def _warm_up(self) -> None:
-        size = self._image_size
+        """One whole frame's work on a blank image (model, summary, messages), so that the first real
+        frame does not pay for building tables and caches."""
+        s, size = self._settings, self._image_size
         t0 = time.perf_counter()
         images = torch.zeros((1, 3, size, size), device=self._model.device)
-        self._model.predict(images, target_level=self._settings.target_level)
-        self.get_logger().info(f"warm-up inference: {1000 * (time.perf_counter() - t0):.0f} ms")
+        dist = self._model.predict(images, target_level=max(s.target_level, self._model.inference.base_level))
+        estimate = messages.from_distribution(
+            dist, camera.translation_from_nominal(s.nominal_distance_m), num_samples=s.num_samples
+        )
+        messages.pose_distribution_msg(estimate, Header(), s.object_frame_id)
+        self.get_logger().info(
+            f"warm-up inference: {1000 * (time.perf_counter() - t0):.0f} ms ({torch.get_num_threads()} torch threads)"
+        )
 
     # ------------------------------------------------------------------ callbacks (executor thread)
     def _on_image(self, msg: Image) -> None:

@@ -69,7 +69,7 @@ def test_benchmark_suite_quick(tmp_path):
     lat = r["node_latency_ms"]
     assert set(lat) == {"p50", "p90"} and all(isinstance(v, float) and math.isfinite(v) for v in lat.values())
     assert 0 < lat["p50"] <= lat["p90"]
-    for run in ("shipped_15hz", "shipped_30hz", "unlimited_15hz", "unlimited_30hz"):
+    for run in ("shipped_15hz", "shipped_30hz", "capped10_15hz", "capped10_30hz"):
         row = r["ros"]["runs"][run]
         assert row["published"] == row["received"] + row["dropped"] and row["received"] > 0
     leak = r["ros"]["leak"]
