@@ -337,10 +337,14 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
             if is_main and (step % max(1, cfg.log_every) == 0 or step == total):
                 dt = time.perf_counter() - t_log
+                lr, rate = sched.get_last_lr()[0], n_log / max(dt, 1e-9)
                 if writer is not None:
                     writer.add_scalar("train/loss", last_loss, step)
-                    writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
-                    writer.add_scalar("train/images_per_s", n_log / max(dt, 1e-9), step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("train/images_per_s", rate, step)
+                if bar is None:  # no progress bar (progress: false, e.g. logs to a file): a plain line
+                    of = f"/{total}" if total < 10**18 else ""
+                    print(f"step {step}{of}  loss {last_loss:.4f}  lr {lr:.2e}  {rate:.1f} images/s", flush=True)
                 t_log, n_log = time.perf_counter(), 0
             if cfg.eval.every and step % cfg.eval.every == 0 and step < total:
                 eval_result = run_eval()
