@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -34,7 +35,7 @@ def _time(fn, repeats: int) -> dict[str, float]:
         fn()
         samples.append((time.perf_counter() - t) * 1e3)
     samples.sort()
-    return {"p50_ms": statistics.median(samples), "p90_ms": samples[max(0, int(0.9 * repeats) - 1)]}
+    return {"p50_ms": statistics.median(samples), "p90_ms": samples[min(repeats, math.ceil(0.9 * repeats)) - 1]}
 
 
 def main(argv: list[str] | None = None) -> int:

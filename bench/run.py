@@ -16,7 +16,9 @@ Sections (conventions of :mod:`bench.common`; what each stage is: :mod:`bench.st
    parameters (``max_rate_hz`` 0: as fast as it can) and capped at ``max_rate_hz`` 10; ``leak``: the node's
    RSS over 2,000 frames (100 with ``--quick``).
 5. ``training``: images/s with and without AMP (GPU only; the reason is recorded otherwise).
-6. ``reference``: the reference implementation (``--reference``), when it can be imported.
+6. ``reference``: the reference implementation's own ``predict`` (``--reference PATH``, run by
+   ``bench/reference_timing.py`` in ``--reference-python``, an environment where its torchvision
+   imports), and ours with the same encoder, in the same run.
 
 ``--quick`` runs every section with a few iterations (a smoke test: nothing about time is
 asserted). Top-level JSON keys include ``coarse_to_fine_speedup``, ``mode_agreement``,
@@ -60,32 +62,39 @@ def _git_commit() -> str:
         return ""
 
 
-def _reference(path: str | None, setup: stages.Setup) -> dict[str, Any]:
-    """Time the reference model of a dmklee/image2sphere checkout when it imports beside our torch."""
-    if not path:
+def _reference(args: argparse.Namespace, setup: stages.Setup) -> dict[str, Any]:
+    """The reference's own inference (``bench/reference_timing.py`` run by ``--reference-python``),
+    and ours with the same encoder on the same kind of input, one after the other in this run."""
+    if not args.reference:
         return {"skipped": "no --reference PATH given"}
-    root = Path(path)
-    if not (root / "src").is_dir():
-        return {"skipped": f"{root} is not an image2sphere checkout (no src/)"}
-    try:
-        import torchvision  # noqa: F401  (the reference's encoders)
-    except Exception as exc:  # ImportError, or torchvision built for another torch
-        return {"skipped": f"torchvision does not import beside torch {torch.__version__}: "
-                           f"{type(exc).__name__}: {exc}"}
-    sys.path.insert(0, str(root))
-    try:
-        from src.models import I2S, ResNet  # type: ignore[import-not-found]
+    root = Path(args.reference)
+    if not (root / "src" / "predictor.py").is_file():
+        return {"skipped": f"{root} is not an image2sphere checkout (no src/predictor.py)"}
+    command = [args.reference_python, str(REPO / "bench" / "reference_timing.py"), "--reference", str(root),
+               "--encoder", "resnet50", "--level", str(args.reference_level),
+               "--repeats", str(3 if setup.quick else 10), "--threads", str(torch.get_num_threads())]
+    if args.reference_eval_wigners:
+        command += ["--eval-wigners", args.reference_eval_wigners]
+    import subprocess
 
-        encoder = ResNet("resnet50", pretrained=False)
-        model = I2S(encoder, encoder.output_shape, eval_grid_rec_level=5, lmax=6).to(setup.device).eval()
-        x = torch.rand(1, 3, 224, 224, device=setup.device)
-        with torch.no_grad():
-            t = setup.time(lambda: model.compute_probabilities(x))
-        return {"model": "I2S resnet50, level-5 eval grid", "predict": t}
-    except Exception as exc:
-        return {"skipped": f"reference model did not run: {type(exc).__name__}: {exc}"}
-    finally:
-        sys.path.remove(str(root))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE")}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        return {"skipped": f"the reference did not run with {args.reference_python} (exit {proc.returncode}): "
+                           f"{proc.stderr.strip().splitlines()[-1:] or ''}"}
+    out: dict[str, Any] = {"reference": json.loads(proc.stdout.strip().splitlines()[-1])}
+    from pose_core import ImageToSphere
+
+    ours = ImageToSphere(encoder="resnet50").to(setup.device).eval()
+    x = torch.rand(1, 3, 224, 224, device=setup.device)
+    with torch.no_grad():
+        out["ours"] = {
+            "model": "ImageToSphere resnet50 (random weights), coarse-to-fine to the same grid level, then mode",
+            "predict": setup.time(lambda: ours.predict(x, target_level=args.reference_level).mode()),
+            "predict_level5": setup.time(lambda: ours.predict(x, target_level=5).mode()),
+        }
+    out["speedup_same_level"] = out["reference"]["predict"]["p50_ms"] / out["ours"]["predict"]["p50_ms"]
+    return out
 
 
 def _fmt(t: dict[str, float]) -> str:
@@ -139,7 +148,14 @@ def _print_tables(r: dict[str, Any]) -> None:
     print(f"\npeak RSS: node {r['peak_rss_mb']['node']:.0f} MiB, benchmark process "
           f"{r['peak_rss_mb']['benchmark']:.0f} MiB")
     print(f"training: {r['training'].get('skipped') or json.dumps(r['training'])}")
-    print(f"reference: {r['reference'].get('skipped') or json.dumps(r['reference'])}")
+    ref = r["reference"]
+    if "skipped" in ref:
+        print(f"reference: skipped ({ref['skipped']})")
+    else:
+        print(f"reference: {ref['reference']['model']}: predict {_fmt(ref['reference']['predict'])} ms; "
+              f"ours ({ref['ours']['model']}): {_fmt(ref['ours']['predict'])} ms, to level 5 "
+              f"{_fmt(ref['ours']['predict_level5'])} ms; speed-up at the same level "
+              f"{ref['speedup_same_level']:.1f}x")
 
 
 def _plot(levels: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -182,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, help="PNG: latency against mode resolution")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--reference", default=None, help="a checkout of dmklee/image2sphere (optional)")
+    parser.add_argument("--reference-python", default=sys.executable,
+                        help="python of an environment where the reference imports (it needs torchvision)")
+    parser.add_argument("--reference-level", type=int, default=4,
+                        help="eval grid level for the reference (its default 5 needs a 4.3 GB matrix)")
+    parser.add_argument("--reference-eval-wigners", default=None,
+                        help="the reference's saved eval-grid matrix for that level (skips building it)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
     parser.add_argument("--skip-ros", action="store_true", help="leave out the ROS 2 section")
     args = parser.parse_args(argv)
@@ -227,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     result["coarse_to_fine_speedup_vs_precomputed_matrix"] = result["coarse_to_fine"]["speedup_vs_precomputed_matrix"]
     result["mode_agreement"] = result["coarse_to_fine"]["mode_agreement"]
     result["training"] = stages.training_throughput(setup)
-    result["reference"] = _reference(args.reference, setup)
+    result["reference"] = _reference(args, setup)
     result["benchmark_memory"] = setup.memory()
 
     ros: dict[str, Any] = {"runs": {}, "leak": {}, "startup_s": float("nan")}
