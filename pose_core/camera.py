@@ -355,14 +355,16 @@ def pose_estimate(
         f = dist._fourier  # noqa: SLF001 - same package
         one._fourier = type(f)(f.coeffs[index : index + 1], f.lmax, f.log_norm[index : index + 1])
     one = one.to("cpu")
-    mode = one.mode().to(torch.float64)  # (1, 3, 3)
-    cov = one.covariance().to(torch.float64)  # (1, 3, 3)
+    mode = one.mode()  # (1, 3, 3)
+    cov = one.covariance(about=mode).to(torch.float64)  # (1, 3, 3)
+    mode = mode.to(torch.float64)
     samples = one.sample(num_samples, generator=generator).to(torch.float64)  # (1, N, 3, 3)
-    rots, mass = one.top_modes(k=num_modes, radius=mode_radius)  # (1, k, 3, 3), (1, k)
+    cells, mass = one.top_mode_cells(k=num_modes, radius=mode_radius)  # (1, k), (1, k)
     keep = mass[0] > 0
-    rots, mass = rots[:, keep], mass[:, keep]
-    mode_logp = one.log_prob(rots).to(torch.float64) if rots.shape[1] else torch.zeros((1, 0), dtype=torch.float64)
-    rots = rots.to(torch.float64)
+    cells, mass = cells[:, keep], mass[:, keep]
+    # log-density at the modes: that of their cells (for a band-limited distribution, log_prob at the centre)
+    mode_logp = one.cell_log_density().gather(1, cells).to(torch.float64)  # (1, M)
+    rots = one.rotations_at(cells).to(torch.float64)  # (1, M, 3, 3)
     if correction is not None:
         Rc = torch.as_tensor(correction, dtype=torch.float64).cpu()
         so3._check_trailing(Rc, (3, 3), "correction")

@@ -202,14 +202,17 @@ class SO3Distribution:
             self._support_cache = (cols, self.cell_quaternions(cols))
         return self._support_cache
 
-    def _rotations_at(self, best: torch.Tensor) -> torch.Tensor:
-        """Centre rotations ``(B, 3, 3)`` of one column per row, ``best`` ``(B,)``."""
-        level = self.cell_level[best]
-        index = torch.gather(self.cell_index, 1, best[:, None])[:, 0]
-        out = torch.empty((self.batch_size, 3, 3), dtype=self.log_mass.dtype, device=self.log_mass.device)
+    def rotations_at(self, columns: torch.Tensor) -> torch.Tensor:
+        """Centre rotations ``(B, k, 3, 3)`` of ``k`` columns per row, ``columns`` ``(B, k)`` (of
+        :attr:`cell_index`, e.g. from :meth:`top_mode_cells`); or ``(B, 3, 3)`` for ``columns`` ``(B,)``."""
+        if columns.dim() == 1:
+            return self.rotations_at(columns[:, None])[:, 0]
+        level = self.cell_level[columns]  # (B, k)
+        index = torch.gather(self.cell_index, 1, columns)
+        out = torch.empty(columns.shape + (3, 3), dtype=self.log_mass.dtype, device=self.log_mass.device)
         for lv in level.unique().tolist():
-            rows = level == lv
-            out[rows] = grids.cell_rotations(lv, index[rows], dtype=out.dtype)
+            sel = level == lv
+            out[sel] = grids.cell_rotations(lv, index[sel], dtype=out.dtype)
         return out
 
     def cell_log_density(self) -> torch.Tensor:
@@ -247,7 +250,7 @@ class SO3Distribution:
 
     def mode(self) -> torch.Tensor:
         """Most probable rotation ``(B, 3, 3)``: centre of the cell of highest density."""
-        return self._rotations_at(self.cell_log_density().argmax(dim=1))
+        return self.rotations_at(self.cell_log_density().argmax(dim=1))
 
     def mode_resolution(self) -> float:
         """Size (rad) of the cells the mode is chosen among: :func:`pose_core.grids.resolution` of the finest level."""
@@ -302,18 +305,21 @@ class SO3Distribution:
             out[sel] = grids.sample_in_cells(index[sel], lv, generator=generator, dtype=out.dtype)
         return out.to(self.log_mass.device)
 
-    def top_modes(self, k: int = 4, radius: float = math.radians(15.0)) -> tuple[torch.Tensor, torch.Tensor]:
-        """Up to ``k`` separated modes per distribution and the mass within ``radius`` of each.
+    def top_mode_cells(self, k: int = 4, radius: float = math.radians(15.0)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``k`` separated modes per distribution, as cells, and the mass within ``radius`` of each.
 
         Greedy non-maximum suppression over cells by density: the densest cell is a mode, cells
-        within ``radius`` (rad) of it are assigned to it, repeat. Returns rotations ``(B, k, 3, 3)``
-        and masses ``(B, k)`` (descending by density; mass 0 and identity where fewer modes exist).
+        within ``radius`` (rad) of it are assigned to it, repeat. Returns the modes' columns
+        ``(B, k)`` (of :attr:`cell_index`; -1 where fewer modes exist) and masses ``(B, k)``
+        (descending by density; 0 where there is no mode). The centre of a mode's cell is its
+        rotation and :meth:`cell_log_density` there its log-density (for a band-limited
+        distribution equal to :meth:`log_prob` at that centre).
         """
         B = self.batch_size
         cols, q = self._support()  # (C',), (B, C', 4)
         density = self.cell_log_density()[:, cols]
         p = self.log_mass[:, cols].exp()
-        rots = torch.eye(3, dtype=q.dtype, device=q.device).repeat(B, k, 1, 1)
+        modes = torch.full((B, k), -1, dtype=torch.int64, device=p.device)
         mass = torch.zeros((B, k), dtype=p.dtype, device=p.device)
         free = torch.isfinite(density)
         # angle(R1^T R2) <= radius  <=>  |<q1, q2>| >= cos(radius / 2)  (q and -q are one rotation)
@@ -324,8 +330,14 @@ class SO3Distribution:
             ok = torch.isfinite(d.gather(1, best[:, None]))[:, 0]
             q_center = q[torch.arange(B), best]  # (B, 4)
             near = ((q * q_center[:, None]).sum(-1).abs() >= min_dot) & free
-            center = self._rotations_at(cols[best])  # (B, 3, 3)
-            rots[ok, j] = center[ok]
+            modes[ok, j] = cols[best][ok]
             mass[ok, j] = (p * near).sum(1)[ok]
             free = free & ~near
+        return modes, mass
+
+    def top_modes(self, k: int = 4, radius: float = math.radians(15.0)) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`top_mode_cells` as rotations ``(B, k, 3, 3)`` (identity where there is no mode), masses ``(B, k)``."""
+        modes, mass = self.top_mode_cells(k, radius)
+        rots = self.rotations_at(modes.clamp_min(0))
+        rots[modes < 0] = torch.eye(3, dtype=rots.dtype, device=rots.device)
         return rots, mass

@@ -61,3 +61,32 @@ def test_covariance_and_top_modes_match_matrix_versions():
     torch.testing.assert_close(dist.covariance(), (cov + cov.transpose(-1, -2)) / 2, atol=1e-9, rtol=1e-7)
     _, got = dist.top_modes(k=3, radius=math.radians(20))
     torch.testing.assert_close(got, masses, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 2e-3)])
+def test_mode_cell_densities_are_log_prob_at_their_centres(dtype, tol):
+    """pose_estimate reads the modes' log-densities from their cells instead of evaluating log_prob."""
+    coeffs = 3 * torch.randn(3, 455, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    dist = SO3Distribution.from_fourier(coeffs, 6, target_level=5)
+    cells, mass = dist.top_mode_cells(k=4, radius=math.radians(10))
+    assert cells.shape == mass.shape == (3, 4) and bool((cells[:, :2] >= 0).all())
+    rots = dist.rotations_at(cells.clamp_min(0))  # (3, 4, 3, 3)
+    found = cells >= 0
+    from_cells = dist.cell_log_density().gather(1, cells.clamp_min(0))[found]
+    exact = dist.log_prob(rots)[found]
+    torch.testing.assert_close(from_cells, exact, atol=tol * exact.abs().max().item(), rtol=0)
+    r2, m2 = dist.top_modes(k=4, radius=math.radians(10))
+    torch.testing.assert_close(r2[found], rots[found])
+    torch.testing.assert_close(m2, mass)
+    torch.testing.assert_close(dist.rotations_at(cells[:, 0]), dist.mode())  # the first mode is the mode
+
+
+def test_top_mode_cells_marks_missing_modes():
+    logits = torch.full((1, grids.num_cells(0)), float("-inf"))
+    logits[0, 5] = 0.0  # all the mass in one cell
+    dist = SO3Distribution.from_grid_logits(logits, level=0)
+    cells, mass = dist.top_mode_cells(k=3)
+    assert cells[0, 0] >= 0 and bool((cells[0, 1:] == -1).all()) and bool((mass[0, 1:] == 0).all())
+    assert int(cells[0, 0]) == 5 and float(mass[0, 0]) == pytest.approx(1.0)
+    rots, _ = dist.top_modes(k=3)
+    torch.testing.assert_close(rots[0, 1:], torch.eye(3).expand(2, 3, 3))
