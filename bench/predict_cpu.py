@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -25,17 +22,8 @@ if __package__ in (None, ""):
 
 import torch
 
+from bench.common import measure
 from pose_core import ImageToSphere, SO3Distribution
-
-
-def _time(fn, repeats: int) -> dict[str, float]:
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1e3)
-    samples.sort()
-    return {"p50_ms": statistics.median(samples), "p90_ms": samples[min(repeats, math.ceil(0.9 * repeats)) - 1]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             coeffs = model(x)
             row = {
-                "predict": _time(lambda m=model: m.predict(x), args.repeats),
-                "encoder": _time(lambda m=model: m.encoder(x), args.repeats),
-                "coarse_to_fine": _time(
+                "predict": measure(lambda m=model: m.predict(x), args.repeats, warmup=0),
+                "encoder": measure(lambda m=model: m.encoder(x), args.repeats, warmup=0),
+                "coarse_to_fine": measure(
                     lambda c=coeffs, m=model: SO3Distribution.from_fourier(c, m.lmax), args.repeats
                 ),
             }
@@ -67,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             d = m.predict(x)
             d.mode(), d.covariance(), d.sample(100), d.top_modes()
 
-        row["predict_and_summary"] = _time(frame, args.repeats)
+        row["predict_and_summary"] = measure(frame, args.repeats, warmup=0)
         results["encoders"][name] = row
         print(
             f"{name:14s} predict p50 {row['predict']['p50_ms']:6.1f} ms  p90 {row['predict']['p90_ms']:6.1f} | "

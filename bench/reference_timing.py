@@ -4,11 +4,12 @@
                                          [--eval-wigners FILE] [--repeats 10] [--threads 0]
 
 Runs in the *reference's* Python environment (it needs torchvision, which does not import beside
-this project's torch), so it imports nothing of this project: only the checkout at ``PATH``
-(``src.predictor.I2S``), torch and e3nn. It builds ``I2S(encoder=..., eval_grid_rec_level=level)``
-with random weights and times, on random 224x224 images of batch 1 after 2 warm-ups, its
-``predict`` (encoder + head + the product with the full eval-grid Wigner matrix + argmax, the
-reference's inference) and its ``forward`` alone. Prints one JSON object on stdout.
+this project's torch), so of this project it imports only :mod:`bench.common` (numpy and torch);
+besides, the checkout at ``PATH`` (``src.predictor.I2S``), torch and e3nn. It builds
+``I2S(encoder=..., eval_grid_rec_level=level)`` with random weights and times, on a random
+224x224 image (batch 1, after 2 warm-ups), its ``predict`` (encoder + head + the product with the
+full eval-grid Wigner matrix + argmax: the reference's inference) and its ``forward`` alone.
+Prints one JSON object on stdout.
 
 The reference caches that matrix as ``eval_rec5.pt`` *in the working directory* whatever the
 level; this script runs in a temporary directory, into which ``--eval-wigners`` (a matrix saved
@@ -19,23 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def _time(fn, repeats: int) -> dict[str, float]:
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1e3)
-    samples.sort()
-    return {"p50_ms": statistics.median(samples), "p90_ms": samples[min(repeats, math.ceil(0.9 * repeats)) - 1]}
 
 
 def main() -> int:
@@ -53,6 +42,9 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.common: numpy + torch only
+    from bench.common import measure
+
     sys.path.insert(0, str(args.reference.resolve()))
     from src.predictor import I2S  # type: ignore[import-not-found]
 
@@ -66,11 +58,9 @@ def main() -> int:
     grid = model.eval_wigners.shape[1]
     x = torch.rand(1, 3, 224, 224)
     o = torch.zeros(1, 1, dtype=torch.long)
-    for _ in range(2):
-        model.predict(x, o)
     with torch.no_grad():
-        forward = _time(lambda: model.forward(x, o), args.repeats)
-    predict = _time(lambda: model.predict(x, o), args.repeats)
+        forward = measure(lambda: model.forward(x, o), args.repeats, warmup=2)
+    predict = measure(lambda: model.predict(x, o), args.repeats, warmup=2)
     print(json.dumps({
         "model": f"I2S {args.encoder} (random weights), eval grid level {args.level} ({grid} rotations)",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "build_s": build_s,
