@@ -107,6 +107,15 @@ def _compute_cell_rotations(level: int, index: torch.Tensor) -> torch.Tensor:
     return pixel_R @ so3.zyz_to_matrix(psi, zero, zero)  # float64
 
 
+def _check_cell_index(level: int, index: torch.Tensor) -> torch.Tensor:
+    """``index`` as an integer tensor, after checking ``level``; ValueError naming the wrong dtype."""
+    _check_level(level)
+    index = torch.as_tensor(index)
+    if index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"index must be an integer tensor, got {index.dtype}")
+    return index
+
+
 def cell_rotations(
     level: int,
     index: torch.Tensor,
@@ -116,10 +125,7 @@ def cell_rotations(
 
     Runs on ``index.device`` (CPU or CUDA) without leaving it; coarse levels come from a cached table.
     """
-    _check_level(level)
-    index = torch.as_tensor(index)
-    if index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"index must be an integer tensor, got {index.dtype}")
+    index = _check_cell_index(level, index)
     if level <= _TABLE_MAX_LEVEL:
         return _rotation_table(level, dtype, str(index.device))[index]
     return _compute_cell_rotations(level, index).to(dtype)
@@ -139,10 +145,7 @@ def cell_quaternions(
 
     Same rotations as :func:`cell_rotations` (coarse levels from a cached table).
     """
-    _check_level(level)
-    index = torch.as_tensor(index)
-    if index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"index must be an integer tensor, got {index.dtype}")
+    index = _check_cell_index(level, index)
     if level <= _TABLE_MAX_LEVEL:
         return _quaternion_table(level, dtype, str(index.device))[index]
     return so3.matrix_to_quat(_compute_cell_rotations(level, index)).to(dtype)
