@@ -89,7 +89,7 @@ def _summaries(setup: Setup, dist: Any, regions: list[tuple[int, int, int, int]]
     out = []
     for i, region in enumerate(regions):
         center = camera.region_center(region, width, height)
-        correction = camera.ray_rotation(camera.pixel_ray(setup.K, *center))
+        correction = camera.crop_ray_rotation(setup.K, center)
         translation = camera.translation_from_nominal(1.0, setup.K, center)
         out.append(
             camera.pose_estimate(

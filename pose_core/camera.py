@@ -53,6 +53,7 @@ __all__ = [
     "translation_from_depth",
     "translation_from_nominal",
     "ray_rotation",
+    "crop_ray_rotation",
     "correct_crop_rotation",
     "correct_covariance",
     "pose_estimate",
@@ -271,6 +272,12 @@ def ray_rotation(ray: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.floa
     return so3.rotvec_to_matrix(unit * angle)
 
 
+def crop_ray_rotation(K: np.ndarray, center: tuple[float, float], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``R_ray`` ``(3, 3)`` of a crop centred on pixel ``center`` ``(u, v)``: :func:`ray_rotation` of the ray
+    through it, the correction :func:`pose_estimate` and :func:`correct_crop_rotation` apply on the left."""
+    return ray_rotation(pixel_ray(K, center[0], center[1]), dtype=dtype)
+
+
 def correct_crop_rotation(R_crop: torch.Tensor, K: np.ndarray, center: tuple[float, float]) -> torch.Tensor:
     """Camera-frame pose rotation(s) ``(..., 3, 3)`` from ``R_crop`` ``(..., 3, 3)`` predicted on a crop.
 
@@ -279,7 +286,7 @@ def correct_crop_rotation(R_crop: torch.Tensor, K: np.ndarray, center: tuple[flo
     ``R = ray_rotation(ray through center) @ R_crop`` (see the module docstring).
     """
     so3._check_trailing(R_crop, (3, 3), "R_crop")
-    R_ray = ray_rotation(pixel_ray(K, center[0], center[1]), dtype=R_crop.dtype).to(R_crop.device)
+    R_ray = crop_ray_rotation(K, center, dtype=R_crop.dtype).to(R_crop.device)
     return R_ray @ R_crop
 
 
@@ -401,6 +408,14 @@ def square_region(width: int, height: int) -> tuple[int, int, int, int]:
     return u0, v0, u0 + s, v0 + s
 
 
+def _check_rgb(image: np.ndarray) -> np.ndarray:
+    """``image`` as an array of shape ``(H, W, 3)`` with ``H, W > 0``; ValueError naming the shape otherwise."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image must have shape (H, W, 3) with H, W > 0, got {image.shape}")
+    return image
+
+
 def detection_region(
     center: tuple[float, float], box_size: tuple[float, float], scale: float = 1.0
 ) -> tuple[int, int, int, int]:
@@ -436,9 +451,7 @@ def crop_input(image: np.ndarray, region: tuple[int, int, int, int], size: int) 
     ``torch.nn.functional.interpolate`` (bilinear, antialiased) to ``size``; ``size <= 0`` keeps it.
     Float32 in [0, 1].
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image must have shape (H, W, 3) with H, W > 0, got {image.shape}")
+    image = _check_rgb(image)
     height, width = image.shape[:2]
     u0, v0, u1, v1 = (int(x) for x in region)
     if u1 <= u0 or v1 <= v0:
@@ -465,8 +478,6 @@ def model_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, 
     :func:`crop_input`. Returns the tensor and the crop region ``(u0, v0, u1, v1)`` in the input
     image, whose centre gives the crop rotation correction (:func:`correct_crop_rotation`).
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image must have shape (H, W, 3) with H, W > 0, got {image.shape}")
+    image = _check_rgb(image)
     region = square_region(image.shape[1], image.shape[0])
     return crop_input(image, region, size), region

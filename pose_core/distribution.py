@@ -20,6 +20,7 @@ Two ways to build one:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -163,31 +164,32 @@ class SO3Distribution:
         """True when built from Fourier coefficients (continuous :meth:`log_prob`)."""
         return self._fourier is not None
 
+    def _per_cell(
+        self, table: Callable[..., torch.Tensor], trailing: tuple[int, ...], columns: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``table(level, index, dtype=...)`` (a :mod:`pose_core.grids` look-up) of the cells in
+        ``columns`` ``(C',)`` (default: all), level by level: ``(B, C', *trailing)``."""
+        level = self.cell_level if columns is None else self.cell_level[columns]
+        index = self.cell_index if columns is None else self.cell_index[:, columns]
+        out = torch.empty(index.shape + trailing, dtype=self.log_mass.dtype, device=self.log_mass.device)
+        for lv in level.unique().tolist():
+            cols = (level == lv).nonzero().squeeze(1)
+            out[:, cols] = table(lv, index[:, cols], dtype=out.dtype)
+        return out
+
     def cell_rotations(self, columns: torch.Tensor | None = None) -> torch.Tensor:
         """Centre rotations ``(B, C', 3, 3)`` of the cells in ``columns`` ``(C',)`` (default: all ``C``).
 
         Refined-away cells are included (with zero mass).
         """
-        level = self.cell_level if columns is None else self.cell_level[columns]
-        index = self.cell_index if columns is None else self.cell_index[:, columns]
-        out = torch.empty(index.shape + (3, 3), dtype=self.log_mass.dtype, device=self.log_mass.device)
-        for lv in level.unique().tolist():
-            cols = (level == lv).nonzero().squeeze(1)
-            out[:, cols] = grids.cell_rotations(lv, index[:, cols], dtype=out.dtype)
-        return out
+        return self._per_cell(grids.cell_rotations, (3, 3), columns)
 
     def cell_quaternions(self, columns: torch.Tensor | None = None) -> torch.Tensor:
         """Centre rotations of the cells in ``columns`` ``(C',)`` (default: all) as quaternions ``(B, C', 4)``.
 
         ``(x, y, z, w)``, ``w >= 0`` (:mod:`pose_core.so3`); the rotations of :meth:`cell_rotations`.
         """
-        level = self.cell_level if columns is None else self.cell_level[columns]
-        index = self.cell_index if columns is None else self.cell_index[:, columns]
-        out = torch.empty(index.shape + (4,), dtype=self.log_mass.dtype, device=self.log_mass.device)
-        for lv in level.unique().tolist():
-            cols = (level == lv).nonzero().squeeze(1)
-            out[:, cols] = grids.cell_quaternions(lv, index[:, cols], dtype=out.dtype)
-        return out
+        return self._per_cell(grids.cell_quaternions, (4,), columns)
 
     def _support(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Columns ``(C',)`` holding more than 1e-12 mass in some row, and their quaternions ``(B, C', 4)``.

@@ -435,13 +435,17 @@ class PoseDistributionNode(Node):
         )
         return model, size
 
+    def _target_level(self, s: Settings) -> int:
+        """Coarse-to-fine target level: ``s.target_level``, never below the model's base level."""
+        return max(s.target_level, self._model.inference.base_level)
+
     def _warm_up(self) -> None:
         """One whole frame's work on a blank image (model, summary, messages), so that the first real
         frame does not pay for building tables and caches."""
         s, size = self._settings, self._image_size
         t0 = time.perf_counter()
         images = torch.zeros((1, 3, size, size), device=self._model.device)
-        dist = self._model.predict(images, target_level=max(s.target_level, self._model.inference.base_level))
+        dist = self._model.predict(images, target_level=self._target_level(s))
         estimate = messages.from_distribution(
             dist, camera.translation_from_nominal(s.nominal_distance_m), num_samples=s.num_samples
         )
@@ -465,13 +469,16 @@ class PoseDistributionNode(Node):
     def _on_detections(self, msg: Any) -> None:
         with self._lock:
             pair = self._take_matching(self._images, msg.header.stamp, lambda item: item[0].header.stamp)
+            older_than_images = bool(self._images) and _stamp_ns(msg.header.stamp) < _stamp_ns(
+                self._images[0][0].header.stamp
+            )
             if pair is None:
                 self._pending_detections.append(msg)
                 while len(self._pending_detections) > PAIR_BUFFER:
                     self._pending_detections.popleft()
                     self._unmatched_detections += 1
         if pair is None:
-            if self._images and _stamp_ns(msg.header.stamp) < _stamp_ns(self._images[0][0].header.stamp):
+            if older_than_images:
                 self.get_logger().warning(
                     f"detections stamped {_stamp_ns(msg.header.stamp) * 1e-9:.6f} are older than every buffered "
                     f"image (last {PAIR_BUFFER}); is the detector behind or on another clock?",
@@ -580,10 +587,10 @@ class PoseDistributionNode(Node):
     def _closest_depth(self, image: Image) -> tuple[Image | None, float]:
         """The buffered depth image with the stamp nearest the image's, and that stamp difference (s)."""
 
-        t = image.header.stamp.sec + 1e-9 * image.header.stamp.nanosec
+        t = _stamp_ns(image.header.stamp)
 
         def skew(d: Image) -> float:
-            return abs(d.header.stamp.sec + 1e-9 * d.header.stamp.nanosec - t)
+            return 1e-9 * abs(_stamp_ns(d.header.stamp) - t)
 
         depths = list(self._depths)
         if not depths:
@@ -647,9 +654,7 @@ class PoseDistributionNode(Node):
         header = Header(stamp=image.header.stamp, frame_id=s.camera_frame_id or image.header.frame_id)
         msgs, estimates = [], []
         if inputs:
-            dist = self._model.predict(
-                torch.cat(inputs), target_level=max(s.target_level, self._model.inference.base_level)
-            )  # batch of len(inputs)
+            dist = self._model.predict(torch.cat(inputs), target_level=self._target_level(s))  # batch len(inputs)
             K = self._camera_matrix(image)
             if K is None and detections is not None:
                 self.get_logger().warning(
@@ -661,7 +666,7 @@ class PoseDistributionNode(Node):
                 correction = None
                 if K is not None:
                     center = camera.region_center(region, image.width, image.height)
-                    correction = camera.ray_rotation(camera.pixel_ray(K, *center))
+                    correction = camera.crop_ray_rotation(K, center)
                 translation = self._translation(image, K, region, s.nominal_distance_m)
                 estimate = messages.from_distribution(
                     dist,
