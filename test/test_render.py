@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pose_core import so3
+from pose_core.data import get_shape
 from pose_core.data.render import Camera, Mesh, Occluder, Renderer
 from pose_core.data.shapes import _convex_polyhedron_faces, _cube_vertices
 
@@ -130,3 +131,19 @@ def test_bad_input(renderer, cube_px):
         renderer.render(cube_px, np.eye(3), background=np.zeros((5, 5, 3), np.uint8))
     with pytest.raises(ValueError):
         Mesh(np.zeros((4, 3)), np.zeros((4, 3)), (1.0, 1.0, 1.0))
+
+
+def test_two_renderers_in_one_process_each_render_their_own_view():
+    """Each Renderer makes its own GL context current: a second one (another camera) created in the
+    same process must not change what the first one draws (it used to, by up to 216/255 a pixel)."""
+    mesh = get_shape("cube").mesh
+    R = so3.random_rotations(1, generator=torch.Generator().manual_seed(7), dtype=torch.float64)[0].numpy()
+    first = Renderer(camera=Camera(width=64, height=64))
+    alone = first.render(mesh, R)
+    second = Renderer(camera=Camera(width=128, height=96))
+    other = second.render(mesh, R)
+    assert other.shape == (96, 128, 3)
+    np.testing.assert_array_equal(first.render(mesh, R), alone)
+    np.testing.assert_array_equal(second.render(mesh, R), other)
+    first.close()
+    second.close()

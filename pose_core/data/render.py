@@ -450,6 +450,13 @@ class Renderer:
             raise ValueError(f"background colour must have shape (3,), got {bg_arr.shape}")
 
         self._ensure_context()
+        with self._ctx:  # make this renderer's context current: another Renderer may have switched it
+            return self._draw(mesh, R, bg_arr, bg_image, occluders)
+
+    def _draw(self, mesh: Mesh, R: np.ndarray, bg_arr: np.ndarray, bg_image: bool,
+              occluders: Sequence[Occluder]) -> np.ndarray:
+        """The GL part of :meth:`render`, with this renderer's context current."""
+        cam = self.camera
         ctx, prog = self._ctx, self._prog
         up = self._upload(mesh)
         self._fbo.use()
