@@ -19,15 +19,16 @@ Two ways to build one:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from pose_core import fourier, grids, so3
 
-__all__ = ["SO3Distribution", "log_density_from_log_mass"]
+__all__ = ["SO3Distribution", "log_density_from_log_mass", "log_density_of_equal_cells"]
 
 
 def _log_cell_volume(level: torch.Tensor) -> torch.Tensor:
@@ -38,6 +39,12 @@ def _log_cell_volume(level: torch.Tensor) -> torch.Tensor:
 def log_density_from_log_mass(log_mass: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     """Log-density (Haar volume ``pi**2``) of cells with log-mass ``log_mass`` at grid ``level`` (broadcast)."""
     return log_mass - _log_cell_volume(level).to(log_mass.dtype)
+
+
+def log_density_of_equal_cells(log_mass: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """Log-density of ``num_cells`` equal-volume cells (any grid, e.g. another project's) with log-mass ``log_mass``:
+    ``log_mass + log(num_cells) - log(pi**2)``."""
+    return log_mass + math.log(num_cells) - so3.LOG_HAAR_VOLUME
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,11 @@ class SO3Distribution:
         cell_level: ``(C,)`` int64, grid level of each cell (shared by the batch).
         cell_index: ``(B, C)`` int64, cell index at that level.
         log_mass: ``(B, C)``, normalised log probability mass (``logsumexp = 0`` per row);
-            ``-inf`` for cells that were refined into children.
+            ``-inf`` for cells that were refined into children (and for padding columns, which
+            coarse-to-fine may add so that every row has the same columns).
 
-    Build with :meth:`from_grid_logits` or :meth:`from_fourier` (or ``ImageToSphere.predict``).
+    Build with :meth:`from_grid_logits` or :meth:`from_fourier` (or ``ImageToSphere.predict``);
+    ``dist.select(rows)`` / ``dist[rows]`` keeps some of the batch, ``len(dist)`` is ``B``.
     """
 
     def __init__(
@@ -75,7 +84,8 @@ class SO3Distribution:
         self.cell_index = cell_index
         self.log_mass = log_mass
         self._fourier = fourier_form
-        self._support_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._runs_cache: list[tuple[int, int, int]] | None = None
+        self._quat_cache: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -108,6 +118,7 @@ class SO3Distribution:
         base_level: int = 3,
         target_level: int = 5,
         top_k: int = 64,
+        climb: int = 3,
     ) -> SO3Distribution:
         """Coarse-to-fine distribution of the log-density ``f(R) = coeffs . basis(R)`` (+ a constant).
 
@@ -118,6 +129,12 @@ class SO3Distribution:
             target_level: finest level; the mode is the centre of a cell of this level
                 (resolution :func:`pose_core.grids.resolution`).
             top_k: cells refined per level and batch element.
+            climb: rounds of hill climbing at the target level: the cells around the densest one
+                (its neighbours within about one cell, found in rotation space) that are denser
+                and not yet refined are refined to the target level, their coarser ancestors
+                included, until none is left (or ``climb`` rounds). The top-``k`` search alone
+                misses, on symmetric objects, a denser cell next to the one it finds; this step
+                closes that gap. 0 turns it off.
         """
         if coeffs.dim() != 2:
             raise ValueError(f"coeffs must have shape (B, so3_dim), got {tuple(coeffs.shape)}")
@@ -126,25 +143,21 @@ class SO3Distribution:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         B, device = coeffs.shape[0], coeffs.device
-        values = [fourier.evaluate_grid(coeffs, base_level, lmax)]  # (B, N0) log-density up to a constant, per level
-        indices = [torch.arange(values[0].shape[1], device=device).expand(B, -1)]
-        levels = [base_level]
-        for level in range(base_level, target_level):
-            k = min(top_k, values[-1].shape[1])
-            top = values[-1].topk(k, dim=1).indices  # (B, k) positions in the last block
-            parents = torch.gather(indices[-1], 1, top)
-            values[-1] = values[-1].scatter(1, top, float("-inf"))  # replaced by the children
-            child = grids.children(parents, level).reshape(B, 8 * k)
-            values.append(fourier.evaluate_cells(coeffs, level + 1, child, lmax))
-            indices.append(child)
-            levels.append(level + 1)
-        cell_level = torch.cat(
-            [torch.full((v.shape[1],), lv, dtype=torch.int64, device=device) for v, lv in zip(values, levels)]
-        )
-        f = torch.cat(values, dim=1)
+        blocks = _Blocks(coeffs, lmax)
+        blocks.add(base_level, torch.arange(grids.num_cells(base_level), device=device).expand(B, -1),
+                   fourier.evaluate_grid(coeffs, base_level, lmax))
+        for _ in range(base_level, target_level):
+            values = blocks.values[-1]
+            k = min(top_k, values.shape[1])
+            top = values.topk(k, dim=1).indices  # (B, k) positions in the last block
+            blocks.refine_last(top)
+        for _ in range(climb if target_level > base_level else 0):
+            if not blocks.climb(target_level):
+                break
+        cell_level, index, f = blocks.cat()
         log_weight = f + _log_cell_volume(cell_level).to(f.dtype)  # f + log(volume)
         log_norm = torch.logsumexp(log_weight, dim=1)
-        dist = cls(cell_level, torch.cat(indices, dim=1), log_weight - log_norm[:, None])
+        dist = cls(cell_level, index, log_weight - log_norm[:, None])
         dist._fourier = _Fourier(coeffs, lmax, log_norm)
         return dist
 
@@ -153,6 +166,9 @@ class SO3Distribution:
     def batch_size(self) -> int:
         """Number of distributions ``B``."""
         return self.cell_index.shape[0]
+
+    def __len__(self) -> int:
+        return self.batch_size
 
     @property
     def finest_level(self) -> int:
@@ -164,17 +180,50 @@ class SO3Distribution:
         """True when built from Fourier coefficients (continuous :meth:`log_prob`)."""
         return self._fourier is not None
 
+    def select(self, rows: int | slice | Sequence[int] | torch.Tensor) -> SO3Distribution:
+        """The distributions ``rows`` of the batch (an int keeps a batch of one), Fourier form included."""
+        if isinstance(rows, int):
+            if not -self.batch_size <= rows < self.batch_size:
+                raise IndexError(f"row {rows} out of range for a batch of {self.batch_size}")
+            rows = slice(rows % self.batch_size, rows % self.batch_size + 1)
+        elif not isinstance(rows, slice):
+            rows = torch.as_tensor(rows, dtype=torch.int64, device=self.log_mass.device)
+            if rows.dim() != 1:
+                raise IndexError(f"rows must be an int, a slice or a 1-D sequence, got shape {tuple(rows.shape)}")
+        f = self._fourier
+        picked = None if f is None else _Fourier(f.coeffs[rows], f.lmax, f.log_norm[rows])
+        out = SO3Distribution(self.cell_level, self.cell_index[rows], self.log_mass[rows], picked)
+        out._runs_cache = self._runs_cache
+        if self._quat_cache is not None:
+            out._quat_cache = self._quat_cache[rows]
+        return out
+
+    __getitem__ = select
+
+    def _runs(self) -> list[tuple[int, int, int]]:
+        """Contiguous runs ``(level, start, stop)`` of :attr:`cell_level` (coarse-to-fine: one per block)."""
+        if self._runs_cache is None:
+            levels, counts = torch.unique_consecutive(self.cell_level.cpu(), return_counts=True)
+            stops = counts.cumsum(0).tolist()
+            starts = [0] + stops[:-1]
+            self._runs_cache = list(zip(levels.tolist(), starts, stops))
+        return self._runs_cache
+
     def _per_cell(
         self, table: Callable[..., torch.Tensor], trailing: tuple[int, ...], columns: torch.Tensor | None
     ) -> torch.Tensor:
         """``table(level, index, dtype=...)`` (a :mod:`pose_core.grids` look-up) of the cells in
-        ``columns`` ``(C',)`` (default: all), level by level: ``(B, C', *trailing)``."""
-        level = self.cell_level if columns is None else self.cell_level[columns]
-        index = self.cell_index if columns is None else self.cell_index[:, columns]
-        out = torch.empty(index.shape + trailing, dtype=self.log_mass.dtype, device=self.log_mass.device)
+        ``columns`` ``(C',)`` (default: all, run by run), level by level: ``(B, C', *trailing)``."""
+        dtype, device = self.log_mass.dtype, self.log_mass.device
+        if columns is None:
+            parts = [table(lv, self.cell_index[:, a:b], dtype=dtype) for lv, a, b in self._runs()]
+            return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        level = self.cell_level[columns]
+        index = self.cell_index[:, columns]
+        out = torch.empty(index.shape + trailing, dtype=dtype, device=device)
         for lv in level.unique().tolist():
             cols = (level == lv).nonzero().squeeze(1)
-            out[:, cols] = table(lv, index[:, cols], dtype=out.dtype)
+            out[:, cols] = table(lv, index[:, cols], dtype=dtype)
         return out
 
     def cell_rotations(self, columns: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,33 +237,33 @@ class SO3Distribution:
         """Centre rotations of the cells in ``columns`` ``(C',)`` (default: all) as quaternions ``(B, C', 4)``.
 
         ``(x, y, z, w)``, ``w >= 0`` (:mod:`pose_core.so3`); the rotations of :meth:`cell_rotations`.
+        All of them are computed once per distribution and kept (covariance and modes share them).
         """
-        return self._per_cell(grids.cell_quaternions, (4,), columns)
-
-    def _support(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Columns ``(C',)`` holding more than 1e-12 mass in some row, and their quaternions ``(B, C', 4)``.
-
-        Cells below that mass cannot change a covariance or a mode's mass at float precision.
-        Computed once per distribution (covariance and top_modes share it). Quaternions, not
-        matrices: a flat distribution has tens of thousands of cells in its support, and
-        quaternion products and dot products are several times cheaper than 3x3 matrix work.
-        """
-        if self._support_cache is None:
-            cols = (self.log_mass > math.log(1e-12)).any(dim=0).nonzero().squeeze(1)
-            self._support_cache = (cols, self.cell_quaternions(cols))
-        return self._support_cache
+        if columns is not None:
+            return self._per_cell(grids.cell_quaternions, (4,), columns)
+        if self._quat_cache is None:
+            self._quat_cache = self._per_cell(grids.cell_quaternions, (4,), None)
+        return self._quat_cache
 
     def rotations_at(self, columns: torch.Tensor) -> torch.Tensor:
         """Centre rotations ``(B, k, 3, 3)`` of ``k`` columns per row, ``columns`` ``(B, k)`` (of
         :attr:`cell_index`, e.g. from :meth:`top_mode_cells`); or ``(B, 3, 3)`` for ``columns`` ``(B,)``."""
         if columns.dim() == 1:
             return self.rotations_at(columns[:, None])[:, 0]
+        return so3.quat_to_matrix(self.quaternions_at(columns))
+
+    def quaternions_at(self, columns: torch.Tensor) -> torch.Tensor:
+        """Centre rotations of ``columns`` ``(B, k)`` as quaternions ``(B, k, 4)`` (``(B, 4)`` for ``(B,)``)."""
+        if columns.dim() == 1:
+            return self.quaternions_at(columns[:, None])[:, 0]
+        if self._quat_cache is not None:
+            return torch.gather(self._quat_cache, 1, columns[..., None].expand(-1, -1, 4))
         level = self.cell_level[columns]  # (B, k)
         index = torch.gather(self.cell_index, 1, columns)
-        out = torch.empty(columns.shape + (3, 3), dtype=self.log_mass.dtype, device=self.log_mass.device)
+        out = torch.empty(columns.shape + (4,), dtype=self.log_mass.dtype, device=self.log_mass.device)
         for lv in level.unique().tolist():
             sel = level == lv
-            out[sel] = grids.cell_rotations(lv, index[sel], dtype=out.dtype)
+            out[sel] = grids.cell_quaternions(lv, index[sel], dtype=out.dtype)
         return out
 
     def cell_log_density(self) -> torch.Tensor:
@@ -225,7 +274,9 @@ class SO3Distribution:
         """Copy on ``device``."""
         f = self._fourier
         moved = None if f is None else _Fourier(f.coeffs.to(device), f.lmax, f.log_norm.to(device))
-        return SO3Distribution(self.cell_level.to(device), self.cell_index.to(device), self.log_mass.to(device), moved)
+        out = SO3Distribution(self.cell_level.to(device), self.cell_index.to(device), self.log_mass.to(device), moved)
+        out._runs_cache = self._runs_cache
+        return out
 
     # ------------------------------------------------------------------ queries
     def log_prob(self, R: torch.Tensor) -> torch.Tensor:
@@ -250,9 +301,13 @@ class SO3Distribution:
             raise ValueError("grid distribution does not cover the whole grid")
         return log_density_from_log_mass(torch.gather(self.log_mass, 1, idx), self.cell_level[0])
 
+    def mode_cell(self) -> torch.Tensor:
+        """Column ``(B,)`` of the cell of highest density (the mode's cell)."""
+        return self.cell_log_density().argmax(dim=1)
+
     def mode(self) -> torch.Tensor:
         """Most probable rotation ``(B, 3, 3)``: centre of the cell of highest density."""
-        return self.rotations_at(self.cell_log_density().argmax(dim=1))
+        return self.rotations_at(self.mode_cell())
 
     def mode_resolution(self) -> float:
         """Size (rad) of the cells the mode is chosen among: :func:`pose_core.grids.resolution` of the finest level."""
@@ -272,16 +327,20 @@ class SO3Distribution:
         Multimodal distributions get the large covariance they have; nothing is clipped.
         """
         center = self.mode() if about is None else about
-        cols, q = self._support()  # (C',), (B, C', 4)
-        q_center = so3.matrix_to_quat(center.to(q.dtype))  # (B, 4)
-        # (B, C', 3): rotation vectors of R @ center^T
-        omega = so3.quat_to_rotvec(so3.quat_multiply(q, so3.quat_conjugate(q_center)[:, None]))
-        p = self.log_mass[:, cols].exp()  # (B, C'); 0 for refined-away cells
-        second = torch.einsum("bc,bci,bcj->bij", p, omega, omega)
+        return self.covariance_about_quaternion(so3.matrix_to_quat(center.to(self.log_mass.dtype)))
+
+    def covariance_about_quaternion(self, q_center: torch.Tensor) -> torch.Tensor:
+        """:meth:`covariance` about rotations given as quaternions ``(B, 4)`` (x, y, z, w)."""
+        q = self.cell_quaternions()  # (B, C, 4)
+        # omega of R @ center^T: the quaternion q * conj(q_center), one (4, 4) product per row
+        rel = q @ so3.quat_right_matrix(so3.quat_conjugate(q_center.to(q.dtype)))
+        omega = so3.quat_to_rotvec(rel)  # (B, C, 3)
+        p = self.log_mass.exp()  # (B, C); 0 for refined-away cells
+        second = (omega * p[..., None]).transpose(1, 2) @ omega
         cell_var = torch.tensor(
             [grids.resolution(lv) ** 2 / 12 for lv in range(self.finest_level + 1)], dtype=p.dtype, device=p.device
         )
-        within = (p * cell_var[self.cell_level[cols]]).sum(1)  # (B,)
+        within = p @ cell_var[self.cell_level]  # (B,)
         cov = second + within[:, None, None] * torch.eye(3, dtype=p.dtype, device=p.device)
         return (cov + cov.transpose(-1, -2)) / 2
 
@@ -318,23 +377,24 @@ class SO3Distribution:
         distribution equal to :meth:`log_prob` at that centre).
         """
         B = self.batch_size
-        cols, q = self._support()  # (C',), (B, C', 4)
-        density = self.cell_log_density()[:, cols]
-        p = self.log_mass[:, cols].exp()
+        q = self.cell_quaternions()  # (B, C, 4)
+        density = self.cell_log_density()
+        p = self.log_mass.exp()
         modes = torch.full((B, k), -1, dtype=torch.int64, device=p.device)
         mass = torch.zeros((B, k), dtype=p.dtype, device=p.device)
-        free = torch.isfinite(density)
+        d = density.clone()  # -inf where taken (refined-away cells are -inf already)
+        rows = torch.arange(B, device=p.device)
         # angle(R1^T R2) <= radius  <=>  |<q1, q2>| >= cos(radius / 2)  (q and -q are one rotation)
         min_dot = math.cos(min(radius, math.pi) / 2)
         for j in range(k):
-            d = torch.where(free, density, torch.full_like(density, float("-inf")))
             best = d.argmax(dim=1)
-            ok = torch.isfinite(d.gather(1, best[:, None]))[:, 0]
-            q_center = q[torch.arange(B), best]  # (B, 4)
-            near = ((q * q_center[:, None]).sum(-1).abs() >= min_dot) & free
-            modes[ok, j] = cols[best][ok]
-            mass[ok, j] = (p * near).sum(1)[ok]
-            free = free & ~near
+            ok = torch.isfinite(d[rows, best])
+            if not bool(ok.any()):
+                break
+            near = ((q @ q[rows, best][..., None])[..., 0].abs() >= min_dot) & torch.isfinite(d)
+            modes[:, j] = torch.where(ok, best, modes[:, j])
+            mass[:, j] = torch.where(ok, (p * near).sum(1), mass[:, j])
+            d = d.masked_fill(near, float("-inf"))
         return modes, mass
 
     def top_modes(self, k: int = 4, radius: float = math.radians(15.0)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,3 +403,112 @@ class SO3Distribution:
         rots = self.rotations_at(modes.clamp_min(0))
         rots[modes < 0] = torch.eye(3, dtype=rots.dtype, device=rots.device)
         return rots, mass
+
+
+#: Directions (unit rotation vectors, ``(26, 3)``) of the neighbour probes of :meth:`_Blocks.climb`:
+#: the centres of the faces, edges and corners of a cube.
+_PROBE_DIRECTIONS = torch.nn.functional.normalize(
+    torch.tensor([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)],
+                 dtype=torch.float64),
+    dim=1,
+)
+#: Probe distances, in cells (``grids.resolution``): the nearest neighbours and the diagonal ones.
+_PROBE_RADII = (1.0, 1.6)
+
+
+@functools.lru_cache(maxsize=16)
+def _probe_rotations(level: int, device: str | torch.device) -> torch.Tensor:
+    """Small rotations ``(P, 3, 3)`` (float64) that move a level-``level`` cell centre onto its neighbours."""
+    res = grids.resolution(level)
+    step = torch.cat([_PROBE_DIRECTIONS * (r * res) for r in _PROBE_RADII])
+    return so3.rotvec_to_matrix(step).to(device)
+
+
+class _Blocks:
+    """Cells of a coarse-to-fine refinement, block by block: every row of a block has the same level.
+
+    ``values[i]`` ``(B, n_i)`` holds ``f`` at the cells ``indices[i]`` ``(B, n_i)`` of level
+    ``levels[i]``; a refined cell's value is ``-inf`` (its 8 children are in a later block), and
+    so is a padding column (rows that refine fewer cells than others in one step).
+    """
+
+    def __init__(self, coeffs: torch.Tensor, lmax: int):
+        self.coeffs, self.lmax = coeffs, lmax
+        self.values: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor] = []
+        self.levels: list[int] = []
+
+    def add(self, level: int, index: torch.Tensor, values: torch.Tensor | None = None) -> None:
+        if values is None:
+            values = fourier.evaluate_cells(self.coeffs, level, index, self.lmax)
+        self.values.append(values)
+        self.indices.append(index)
+        self.levels.append(level)
+
+    def refine_last(self, positions: torch.Tensor) -> None:
+        """Replace the cells at ``positions`` ``(B, k)`` of the last block by their children (a new block)."""
+        B, k = positions.shape
+        level = self.levels[-1]
+        parents = torch.gather(self.indices[-1], 1, positions)
+        self.values[-1] = self.values[-1].scatter(1, positions, float("-inf"))
+        self.add(level + 1, grids.children(parents, level).reshape(B, 8 * k))
+
+    def cat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``cell_level`` ``(C,)``, ``cell_index`` ``(B, C)`` and ``f`` ``(B, C)`` of all blocks."""
+        device = self.coeffs.device
+        cell_level = torch.cat(
+            [torch.full((v.shape[1],), lv, dtype=torch.int64, device=device) for v, lv in zip(self.values, self.levels)]
+        )
+        return cell_level, torch.cat(self.indices, dim=1), torch.cat(self.values, dim=1)
+
+    def climb(self, target: int) -> bool:
+        """One round of hill climbing at level ``target`` (see ``from_fourier``); False when nothing changed."""
+        B, device = self.coeffs.shape[0], self.coeffs.device
+        rows = torch.arange(B, device=device)
+        target_blocks = [i for i, lv in enumerate(self.levels) if lv == target]
+        coarse_max = torch.stack([self.values[i].max(1).values for i, lv in enumerate(self.levels) if lv != target])
+        f_t = torch.cat([self.values[i] for i in target_blocks], dim=1)  # (B, M)
+        i_t = torch.cat([self.indices[i] for i in target_blocks], dim=1)
+        f_best, best = f_t.max(dim=1)
+        if bool((coarse_max.max(0).values > f_best).any()):
+            return False  # the densest cell is a coarse one: nothing near it to climb to
+        centre = grids.cell_rotations(target, i_t[rows, best], dtype=torch.float64)  # (B, 3, 3)
+        probes = _probe_rotations(target, device) @ centre[:, None]  # (B, P, 3, 3)
+        cand = grids.cell_of(probes, target)  # (B, P)
+        f_cand = fourier.evaluate_cells(self.coeffs, target, cand, self.lmax)
+        present = (i_t[:, :, None] == cand[:, None, :]) & torch.isfinite(f_t)[:, :, None]  # (B, M, P)
+        better = (f_cand > f_best[:, None]) & ~present.any(1)
+        if not bool(better.any()):
+            return False
+        wanted = [sorted(set(cand[b][better[b]].tolist())) for b in range(B)]
+        base = self.levels[0]
+        for level in range(base, target):
+            # level-`level` ancestors of the wanted cells that are still unrefined cells of a block
+            need = [sorted({int(a) for a in grids.ancestor(torch.tensor(w, dtype=torch.int64), target, level)})
+                    if w else [] for w in wanted]
+            parents: list[list[int]] = []
+            for b in range(B):
+                mine = []
+                for a in need[b]:
+                    for i, lv in enumerate(self.levels):
+                        if lv != level:
+                            continue
+                        hit = ((self.indices[i][b] == a) & torch.isfinite(self.values[i][b])).nonzero()
+                        if hit.numel():
+                            self.values[i][b, hit[0, 0]] = float("-inf")  # refined: children follow
+                            mine.append(a)
+                            break
+                parents.append(mine)
+            width = max(len(m) for m in parents)
+            if width == 0:
+                continue
+            padded = torch.zeros((B, width), dtype=torch.int64, device=device)
+            real = torch.zeros((B, width), dtype=torch.bool, device=device)
+            for b, mine in enumerate(parents):
+                padded[b, : len(mine)] = torch.tensor(mine, dtype=torch.int64, device=device)
+                real[b, : len(mine)] = True
+            child = grids.children(padded, level).reshape(B, 8 * width)
+            values = fourier.evaluate_cells(self.coeffs, level + 1, child, self.lmax)
+            values = values.masked_fill(~real.repeat_interleave(8, dim=1), float("-inf"))
+            self.add(level + 1, child, values)
+        return True

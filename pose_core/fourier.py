@@ -130,12 +130,76 @@ def grid_flat_wigner(level: int, lmax: int, dtype: torch.dtype = torch.float32, 
     return _grid_flat_wigner_cached(level, lmax, dtype, str(torch.device(device)))
 
 
+@functools.lru_cache(maxsize=32)
+def _pixel_flat(level: int, lmax: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """``D_l(S_pix)`` of every pixel, flattened row-major per ``l`` and concatenated: ``(npix, so3_dim)``."""
+    pix_t, _ = _tables(level, lmax, dtype, device)
+    return torch.cat([t.reshape(t.shape[0], -1) for t in pix_t], dim=-1)
+
+
+@functools.lru_cache(maxsize=32)
+def _inplane_tables(level: int, lmax: int, dtype: torch.dtype, device: str):
+    """Tables of :func:`_inplane_products`: ``perm`` ``(S, so3_dim)`` and ``value`` ``(S, n_psi, so3_dim)``.
+
+    ``D_l(Rz(psi))`` is sparse: each row ``m`` has at most ``S`` (3 in e3nn's basis) entries ``j``
+    that are non-zero for some ``psi``. So ``(F_l D_l(Rz)^T)[a, m] = sum_s F_l[a, j_s(m)] Z[m, j_s(m)]``;
+    per flattened entry ``e = (l, a, m)``: ``H[k, e] = sum_s F[perm[s, e]] value[s, k, e]``, with
+    ``sqrt(d)`` folded in and unused slots pointing anywhere with value 0.
+    """
+    _, psi_t = _tables(level, lmax, torch.float64, "cpu")
+    n_psi = psi_t[0].shape[0]
+    rows = []  # per l: list over m of the non-zero columns
+    for Z in psi_t:
+        nz = Z.abs().amax(dim=0) > 1e-12  # (d, d)
+        rows.append([nz[m].nonzero().squeeze(1).tolist() for m in range(Z.shape[1])])
+    slots = max(len(js) for r in rows for js in r)
+    perm = torch.zeros(slots, wigner.so3_dim(lmax), dtype=torch.int64)
+    value = torch.zeros(slots, n_psi, wigner.so3_dim(lmax), dtype=torch.float64)
+    col = 0
+    for l, Z in enumerate(psi_t):
+        d = 2 * l + 1
+        for m, js in enumerate(rows[l]):
+            for s, j in enumerate(js):
+                e = col + torch.arange(d) * d + m  # entries (a, m) for every row a of F_l
+                perm[s, e] = col + torch.arange(d) * d + j
+                value[s, :, e] = math.sqrt(d) * Z[:, m, j][:, None]
+        col += d * d
+    return perm.to(device), value.to(dtype=dtype, device=device)
+
+
+def _inplane_products(coeffs: torch.Tensor, level: int, lmax: int) -> torch.Tensor:
+    """``H[b, k] = concat_l sqrt(d) F_l D_l(Rz(psi_k))^T`` flattened: ``(B, n_psi, so3_dim)``.
+
+    With it, the signal at cell ``(pix, k)`` is ``<D(S_pix), H[b, k]>``: see :func:`evaluate_cells`.
+    """
+    perm, value = _inplane_tables(level, lmax, coeffs.dtype, str(coeffs.device))
+    H = coeffs[:, perm[0]][:, None, :] * value[0]
+    for s in range(1, perm.shape[0]):
+        H = H + coeffs[:, perm[s]][:, None, :] * value[s]
+    return H
+
+
 def evaluate_cells(coeffs: torch.Tensor, level: int, index: torch.Tensor, lmax: int) -> torch.Tensor:
-    """Signal values ``(B, M)`` at cells ``index`` ``(B, M)`` (or ``(M,)``, shared) for ``coeffs`` ``(B, so3_dim)``."""
-    W = cell_flat_wigner(level, index, lmax, coeffs.dtype)
+    """Signal values ``(B, M)`` at cells ``index`` ``(B, M)`` (or ``(M,)``, shared) for ``coeffs`` ``(B, so3_dim)``.
+
+    Shared cells: ``coeffs @ cell_flat_wigner(index).T``. Per-row cells (the coarse-to-fine
+    refinement): a cell rotation is ``S_pix @ Rz(psi_k)``, so ``f = sum_l sqrt(d) <F_l, D_l(S_pix)
+    D_l(Rz(psi_k))> = <D(S_pix), H[k]>`` with ``H[k] = sqrt(d) F_l D_l(Rz(psi_k))^T`` computed
+    once per in-plane angle (:func:`_inplane_products`): one gathered dot product per cell
+    instead of ``lmax + 1`` small matrix products.
+    """
     if index.dim() == 1:
-        return coeffs @ W.T
-    return torch.einsum("bd,bmd->bm", coeffs, W)
+        return coeffs @ cell_flat_wigner(level, index, lmax, coeffs.dtype).T
+    if index.dim() != 2 or index.shape[0] != coeffs.shape[0]:
+        raise ValueError(f"index must have shape (M,) or ({coeffs.shape[0]}, M), got {tuple(index.shape)}")
+    n_psi = 6 * 2**level
+    pix = torch.div(index, n_psi, rounding_mode="floor")
+    k = index - pix * n_psi
+    P = _pixel_flat(level, lmax, coeffs.dtype, str(coeffs.device))[pix]  # (B, M, so3_dim)
+    H = _inplane_products(coeffs, level, lmax)  # (B, n_psi, so3_dim)
+    rows = torch.arange(H.shape[0], device=index.device)[:, None] * n_psi
+    Hk = H.reshape(-1, H.shape[-1])[k + rows]  # (B, M, so3_dim)
+    return (P * Hk).sum(-1)
 
 
 @functools.lru_cache(maxsize=32)

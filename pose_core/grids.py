@@ -132,6 +132,17 @@ def cell_rotations(
 
 
 @functools.lru_cache(maxsize=16)
+def _quaternion_factors(level: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quaternions of the pixel rotations ``(npix, 4)`` and of the in-plane ``Rz(psi_k)`` ``(n_psi, 4)``."""
+    pix = so3.matrix_to_quat(_pixel_rotations(level, torch.float64, device))
+    n_psi = 6 * 2**level
+    half = (torch.arange(n_psi, dtype=torch.float64, device=device) + 0.5) * (math.pi / n_psi)
+    zero = torch.zeros_like(half)
+    psi = torch.stack((zero, zero, torch.sin(half), torch.cos(half)), dim=-1)
+    return pix.to(dtype), psi.to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
 def _quaternion_table(level: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     return so3.matrix_to_quat(_rotation_table(level, torch.float64, device)).to(dtype)
 
@@ -143,12 +154,20 @@ def cell_quaternions(
 ) -> torch.Tensor:
     """Centre rotations of the cells ``index`` ``(...)`` at ``level`` as quaternions ``(..., 4)`` (x, y, z, w), w >= 0.
 
-    Same rotations as :func:`cell_rotations` (coarse levels from a cached table).
+    Same rotations as :func:`cell_rotations`: a cell centre is ``S_pix @ Rz(psi_k)``, so its
+    quaternion is the product of a pixel's and an in-plane angle's, from two small cached tables
+    (levels above 4), or from the cached table of all cells (coarse levels).
     """
     index = _check_cell_index(level, index)
     if level <= _TABLE_MAX_LEVEL:
-        return _quaternion_table(level, dtype, str(index.device))[index]
-    return so3.matrix_to_quat(_compute_cell_rotations(level, index)).to(dtype)
+        table = _quaternion_table(level, dtype, str(index.device))
+        return table.index_select(0, index.reshape(-1)).reshape(index.shape + (4,))
+    pix_q, psi_q = _quaternion_factors(level, dtype, str(index.device))
+    n_psi = psi_q.shape[0]
+    flat = index.reshape(-1)
+    pix = torch.div(flat, n_psi, rounding_mode="floor")
+    q = so3.quat_multiply(pix_q.index_select(0, pix), psi_q.index_select(0, flat - pix * n_psi))
+    return so3.quat_canonical(q).reshape(index.shape + (4,))
 
 
 def so3_healpix_grid(level: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:

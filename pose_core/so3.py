@@ -34,6 +34,8 @@ __all__ = [
     "quat_to_matrix",
     "matrix_to_quat",
     "quat_multiply",
+    "quat_right_matrix",
+    "quat_canonical",
     "quat_conjugate",
     "quat_to_rotvec",
     "geodesic_distance",
@@ -113,8 +115,7 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     best = four_sq.argmax(dim=-1)
     wxyz = torch.gather(cand, -2, best[..., None, None].expand(best.shape + (1, 4))).squeeze(-2)
     wxyz = wxyz / wxyz.norm(dim=-1, keepdim=True)
-    q = torch.cat((wxyz[..., 1:], wxyz[..., :1]), dim=-1)
-    return torch.where(q[..., 3:4] < 0, -q, q)
+    return quat_canonical(torch.cat((wxyz[..., 1:], wxyz[..., :1]), dim=-1))
 
 
 def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
@@ -197,6 +198,30 @@ def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     )
 
 
+def quat_canonical(q: torch.Tensor) -> torch.Tensor:
+    """Quaternions ``(..., 4)`` with the sign that makes ``w >= 0`` (the convention above; ``q`` and
+    ``-q`` are one rotation)."""
+    _check_trailing(q, (4,), "q")
+    return torch.where(q[..., 3:4] < 0, -q, q)
+
+
+def quat_right_matrix(b: torch.Tensor) -> torch.Tensor:
+    """``(..., 4, 4)`` matrices ``M(b)`` with ``quat_multiply(a, b) == a @ M(b)`` (row quaternions ``a``).
+
+    One small matrix product instead of the element-wise Hamilton product: many quaternions
+    times the same ``b`` (e.g. every grid cell relative to a mode).
+    """
+    _check_trailing(b, (4,), "b")
+    x, y, z, w = b.unbind(-1)
+    rows = (
+        (w, -z, y, -x),  # coefficient of a_x in (out_x, out_y, out_z, out_w)
+        (z, w, -x, -y),  # a_y
+        (-y, x, w, -z),  # a_z
+        (x, y, z, w),  # a_w
+    )
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+
 def quat_conjugate(q: torch.Tensor) -> torch.Tensor:
     """Conjugate ``(..., 4)`` of quaternions ``(..., 4)``: the inverse rotation of a unit quaternion."""
     _check_trailing(q, (4,), "q")
@@ -206,13 +231,14 @@ def quat_conjugate(q: torch.Tensor) -> torch.Tensor:
 def quat_to_rotvec(q: torch.Tensor) -> torch.Tensor:
     """Unit quaternion ``(..., 4)`` (either sign) to rotation vector ``(..., 3)`` with angle in ``[0, pi]``."""
     _check_trailing(q, (4,), "q")
-    q = torch.where(q[..., 3:4] < 0, -q, q)  # w >= 0, so the angle 2*atan2(|v|, w) is in [0, pi]
-    v, w = q[..., :3], q[..., 3:]
-    n = v.norm(dim=-1, keepdim=True)
-    angle = 2 * torch.atan2(n, w)
-    small = n < 1e-7
-    scale = torch.where(small, 2 / w.clamp_min(1e-12), angle / torch.where(small, torch.ones_like(n), n))
-    return v * scale
+    w = q[..., 3]
+    sign = torch.where(w < 0, -2.0, 2.0).to(q.dtype)  # use the sign with w >= 0: angle 2*atan2(|v|, |w|) in [0, pi]
+    w = w.abs()
+    v = q[..., :3]
+    n = torch.linalg.vector_norm(v, dim=-1)
+    half_angle = torch.atan2(n, w)
+    scale = torch.where(n < 1e-7, 1 / w.clamp_min(1e-12), half_angle / n.clamp_min(1e-30)) * sign
+    return v * scale[..., None]
 
 
 def matrix_to_rotvec(R: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,15 @@ def test_quaternion_product_is_matrix_product(dtype, tol, generator):
     torch.testing.assert_close(Rzx @ y, z, atol=1e-6, rtol=0)  # Rx: y -> z, then Rz leaves z
 
 
+def test_quat_right_matrix_is_the_product(dtype, tol, generator):
+    a = so3.matrix_to_quat(so3.random_rotations(200, generator=generator, dtype=dtype))
+    b = so3.matrix_to_quat(so3.random_rotations(200, generator=generator, dtype=dtype))
+    got = (a[:, None] @ so3.quat_right_matrix(b))[:, 0]
+    torch.testing.assert_close(got, so3.quat_multiply(a, b), atol=10 * tol, rtol=0)
+    # negative control: the left-multiplication matrix is a different thing (quaternions do not commute)
+    assert not torch.allclose((b[:, None] @ so3.quat_right_matrix(a))[:, 0], got, atol=1e-3)
+
+
 def test_quat_to_rotvec_either_sign(dtype, tol, generator):
     R = so3.random_rotations(200, generator=generator, dtype=dtype)
     q = so3.matrix_to_quat(R)
