@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from pose_core import fourier, grids, so3
-from pose_core.distribution import SO3Distribution
+from pose_core.distribution import SO3Distribution, log_density_of_equal_cells
 
 __all__ = [
     "pad_equivalents",
@@ -159,7 +159,7 @@ def grid_log_likelihood(
         lse = torch.logaddexp(lse, torch.logsumexp(fourier.evaluate_cells(coeffs, level, idx, lmax), dim=1))
     cells = grids.cell_of(eq, level)  # (B, K)
     f_gt = fourier.evaluate_cells(coeffs, level, cells, lmax)  # (B, K)
-    log_density = f_gt - lse[:, None] + math.log(n) - so3.LOG_HAAR_VOLUME
+    log_density = log_density_of_equal_cells(f_gt - lse[:, None], n)
     return _masked_mean(log_density, mask)
 
 

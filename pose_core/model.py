@@ -15,7 +15,12 @@ Pipeline (shapes for a batch of ``B`` images, band limit ``L = lmax``)::
 is the inference path and returns an :class:`~pose_core.distribution.SO3Distribution`.
 
 A checkpoint is a plain dict readable with ``torch.load(weights_only=True)``:
-``{"format": CHECKPOINT_FORMAT, "version": 1, "config": {...}, "state_dict": {...}, "meta": {...}}``.
+``{"format": CHECKPOINT_FORMAT, "version": 1, "config": {...}, "input": {"image_size": S},
+"inference": {...}, "state_dict": {...}, "meta": {...}}``. ``input`` says what the model was
+trained on (square RGB images of side ``S`` in [0, 1]); checkpoints written before it existed give
+it in ``meta.train_config.data.image_size``, which :func:`load_model` reads instead. A model knows
+its input: ``model.input_size`` is ``S``, and :meth:`ImageToSphere.predict` resizes images of any
+other size to it (:func:`pose_core.preprocess.resize`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pose_core import fourier, grids
+from pose_core import fourier, grids, preprocess
 from pose_core.distribution import SO3Distribution
 from pose_core.encoders import ENCODERS, build_encoder
 from pose_core.layers import S2Convolution, SO3Activation, SO3Convolution, SO3Norm, SphereProjector
@@ -44,7 +49,7 @@ __all__ = [
     "resolve_device",
     "read_checkpoint",
     "InferenceSettings",
-    "training_image_size",
+    "checkpoint_input_size",
 ]
 
 CHECKPOINT_FORMAT = "pose_distribution.image_to_sphere"
@@ -99,6 +104,9 @@ class ImageToSphere(nn.Module):
         self.activation = SO3Activation(cfg.hidden_channels, cfg.lmax)
         self.so3_conv = SO3Convolution(cfg.hidden_channels, 1, cfg.lmax)
         self.inference = InferenceSettings()
+        #: Side (px) of the square images the model was trained on; ``None``: unknown (``predict``
+        #: then uses images as given). Set by training, stored in and read from checkpoints.
+        self.input_size: int | None = None
         self.float()
 
     @property
@@ -148,12 +156,22 @@ class ImageToSphere(nn.Module):
         top_k: int | None = None,
         base_level: int | None = None,
     ) -> SO3Distribution:
-        """Images ``(B, 3, H, W)`` RGB in ``[0, 1]`` → band-limited :class:`SO3Distribution` refined coarse-to-fine.
+        """Images ``(B, 3, H, W)`` RGB → band-limited :class:`SO3Distribution` refined coarse-to-fine.
 
-        Defaults come from ``self.inference`` (level 3 → 5, ``top_k`` 64: mode resolution 1.875 deg).
-        Call ``model.eval()`` first (``load_model`` returns the model in eval mode).
+        ``images``: float in ``[0, 1]`` or uint8, any size: when ``self.input_size`` is known, images
+        of another size are resized to it the way the pipeline does (centred square, antialiased
+        bilinear: :func:`pose_core.preprocess.resize`). Defaults come from ``self.inference``
+        (level 3 → 5, ``top_k`` 64: mode resolution 1.875 deg). Call ``model.eval()`` first
+        (``load_model`` returns the model in eval mode).
         """
         s = self.inference
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            self._check_images(images)
+        size = self.input_size
+        if size is not None and tuple(images.shape[-2:]) != (size, size):
+            images = preprocess.resize(images, size)
+        elif images.dtype == torch.uint8:
+            images = images.to(torch.float32).div_(255.0)
         images = images.to(self.device)
         coeffs = self(images)
         return SO3Distribution.from_fourier(
@@ -185,6 +203,8 @@ def save_checkpoint(model: ImageToSphere, path: str | os.PathLike, meta: dict | 
         "format": CHECKPOINT_FORMAT,
         "version": 1,
         "config": config,
+        "input": {"image_size": model.input_size},
+        "inference": dataclasses.asdict(model.inference),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
         **extra,
@@ -210,6 +230,8 @@ def _umask() -> int:
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Read and validate a checkpoint dict (``weights_only`` loading); clear errors naming ``path``."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -224,13 +246,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def training_image_size(payload: dict) -> int | None:
-    """Image side a checkpoint ``payload`` (:func:`read_checkpoint`) was trained on, if it records one."""
-    for config in (payload.get("train_config"), (payload.get("meta") or {}).get("train_config")):
+def checkpoint_input_size(payload: dict) -> int | None:
+    """Image side a checkpoint ``payload`` (:func:`read_checkpoint`) was trained on: its ``input``
+    entry, or for older checkpoints its training config's ``data.image_size``; ``None`` if neither says."""
+    sources = [
+        (payload.get("input") or {}).get("image_size") if isinstance(payload.get("input"), dict) else None,
+        *(
+            (config.get("data") or {}).get("image_size") if isinstance(config, dict) else None
+            for config in (payload.get("train_config"), (payload.get("meta") or {}).get("train_config"))
+        ),
+    ]
+    for value in sources:
         try:
-            return int(config["data"]["image_size"])
-        except (KeyError, TypeError, ValueError):
+            size = int(value)
+        except (TypeError, ValueError):
             continue
+        if size > 0:
+            return size
     return None
 
 
@@ -244,5 +276,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> I
         raise ValueError(f"checkpoint {path} does not match the model: {exc}") from exc
     inference = payload.get("inference")
     if isinstance(inference, dict):
-        model.inference = InferenceSettings(**inference)
+        try:
+            model.inference = InferenceSettings(**inference)
+        except TypeError as exc:
+            raise ValueError(f"checkpoint {path} has bad inference settings {inference!r}: {exc}") from exc
+    model.input_size = checkpoint_input_size(payload)
     return model.to(resolve_device(device)).eval()

@@ -90,3 +90,35 @@ def test_missing_or_corrupt_checkpoint_gives_clear_errors(small_model, tmp_path)
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(ValueError, match="does not match"):
         load_model(tmp_path / "mismatch.pt")
+
+
+def test_checkpoint_carries_the_input_size_and_predict_resizes(small_model, tmp_path):
+    from pose_core import preprocess
+
+    small_model.eval()
+    small_model.input_size = 48
+    path = save_checkpoint(small_model, tmp_path / "sized.pt")
+    model = load_model(path)
+    assert model.input_size == 48 and read_checkpoint(path)["input"] == {"image_size": 48}
+    big = torch.rand(2, 3, 150, 200)  # another size, not square: centred square, then resized
+    want = model.predict(preprocess.resize(big, 48)).log_mass
+    torch.testing.assert_close(model.predict(big).log_mass, want)
+    u8 = (big * 255).round().to(torch.uint8)
+    assert model.predict(u8).batch_size == 2  # uint8 is accepted and scaled
+    # an older checkpoint without "input" gives it in its training config
+    payload = read_checkpoint(path)
+    del payload["input"]
+    payload["meta"] = {"train_config": {"data": {"image_size": 64}}}
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").input_size == 64
+    payload["meta"] = {}
+    torch.save(payload, tmp_path / "unknown.pt")
+    unknown = load_model(tmp_path / "unknown.pt")
+    assert unknown.input_size is None  # predict uses images as given
+    assert not torch.allclose(unknown.predict(big[:, :, :48, :48]).log_mass, model.predict(big).log_mass)
+    small_model.input_size = None
+
+
+def test_checkpoint_path_that_is_a_directory_says_so(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_checkpoint(tmp_path)

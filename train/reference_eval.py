@@ -36,7 +36,6 @@ import argparse
 import ast
 import contextlib
 import json
-import math
 import os
 import sys
 import tempfile
@@ -51,15 +50,13 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import torch
 
-from pose_core import metrics
+from pose_core import metrics, preprocess
+from pose_core.distribution import log_density_of_equal_cells
 
 __all__ = ["nearest_grid_log_likelihood", "score", "main"]
 
 #: SYMSOL I class order of the reference's ``SymsolDataset`` (its class index = position here).
 SYMSOL_I_CLASSES = ("tet", "cube", "icosa", "cone", "cyl")
-
-LOG_HAAR_VOLUME = math.log(math.pi**2)
-
 
 def nearest_grid_log_likelihood(
     log_probs: torch.Tensor, grid: torch.Tensor, rotations: torch.Tensor, chunk: int = 64
@@ -73,7 +70,7 @@ def nearest_grid_log_likelihood(
     flat = grid.reshape(n, 9)
     idx = torch.cat([(rotations[i : i + chunk].reshape(-1, 9) @ flat.T).argmax(dim=1)
                      for i in range(0, rotations.shape[0], chunk)])
-    return log_probs[idx] + math.log(n) - LOG_HAAR_VOLUME
+    return log_density_of_equal_cells(log_probs[idx], n)
 
 
 def score(logits: torch.Tensor, grid: torch.Tensor, equivalents: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -183,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for start in range(0, len(items), a.batch_size):
             batch = items[start : start + a.batch_size]
             # as the reference's SymsolDataset: uint8 RGB / 255, (3, H, W), no other normalisation
-            images = torch.stack([torch.from_numpy(split.image(s, i)).permute(2, 0, 1).float() / 255.0
+            images = torch.stack([preprocess.to_tensor(split.image(s, i))
                                   for _, s, i in batch])
             cls = torch.tensor([[c] for c, _, _ in batch], dtype=torch.long)
             eq = [torch.from_numpy(np.asarray(split.equivalents(s, i), dtype=np.float32)) for _, s, i in batch]

@@ -213,6 +213,7 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
 
     # ------------------------------------------------------------------ model, optimizer
     model = ImageToSphere(**dataclasses.asdict(cfg.model)).to(device)
+    model.input_size = cfg.data.image_size  # the checkpoint carries it: predict and the node resize to it
     if cfg.optim.name == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                                      nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pose_core import preprocess
 from pose_core.data.render import Camera, Renderer, random_occluders
 from pose_core.data.shapes import SHAPE_NAMES, Shape, get_shape
 from pose_core.data.symsol import _seed_sequence, item_rotation
@@ -100,7 +101,7 @@ class ShapesDataset(Dataset):
         img = self.renderer.render(shape.mesh, R, occluders=occ)
         eq = shape.equivalent_rotations(R, distance=self.renderer.camera.distance)
         return {
-            "image": torch.from_numpy(img).permute(2, 0, 1).to(torch.float32) / 255.0,
+            "image": preprocess.to_tensor(img),
             "rotation": torch.as_tensor(np.asarray(R), dtype=torch.float32),
             "equivalents": torch.as_tensor(np.asarray(eq), dtype=torch.float32),
             "shape": name,

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pose_core import so3
+from pose_core import preprocess, so3
 from pose_core.data._io import (
     decode_image_rgb,
     load_npz_arrays,
@@ -291,9 +291,9 @@ class ModelNet10SO3(Dataset):
                 img = img[:, :, None]
         else:
             img = self._read_lmdb_image(index)  # (H, W, 3) uint8
-        image = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).to(torch.float32) / 255.0
-        if image.shape[0] == 1:
-            image = image.expand(3, -1, -1).contiguous()  # (3, H, W)
+        if img.shape[2] == 1:
+            img = np.repeat(img, 3, axis=2)  # grey renders: the same value in R, G and B
+        image = preprocess.to_tensor(np.ascontiguousarray(img)).contiguous()  # (3, H, W)
         cat = int(self._cat_ids[index])
         return {
             "image": image,

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pose_core import so3
+from pose_core import preprocess, so3
 from pose_core.data._io import (
     read_image_rgb,
     read_text_lines,
@@ -282,7 +282,7 @@ def _jitter_bbox(bbox: np.ndarray, jitter: np.ndarray) -> np.ndarray:
 
 def _item(image_hwc: np.ndarray, rotation: np.ndarray, category: int) -> dict[str, Any]:
     return {
-        "image": torch.from_numpy(np.ascontiguousarray(image_hwc.transpose(2, 0, 1))).to(torch.float32),
+        "image": preprocess.to_tensor(image_hwc).contiguous(),
         "rotation": torch.from_numpy(rotation).to(torch.float32),
         "equivalents": torch.eye(3, dtype=torch.float32)[None],  # (1, 3, 3)
         "shape": PASCAL3D_CATEGORIES[category],

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pose_core import so3
+from pose_core import preprocess, so3
 from pose_core.data.render import Camera, Renderer, random_occluders
 from pose_core.data.shapes import SHAPE_NAMES, SYMSOL_I, SYMSOL_II, get_shape
 
@@ -304,7 +304,7 @@ class SymsolLikeDataset(Dataset):
         else:
             img, R, eq = render_item(self.renderer, shape, index, self.seed, self.occluders)
         return {
-            "image": torch.from_numpy(img).permute(2, 0, 1).to(torch.float32) / 255.0,
+            "image": preprocess.to_tensor(img),
             "rotation": torch.as_tensor(np.asarray(R), dtype=torch.float32),
             "equivalents": torch.as_tensor(np.asarray(eq), dtype=torch.float32),
             "shape": shape,

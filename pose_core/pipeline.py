@@ -1,0 +1,400 @@
+"""The per-frame estimator: an RGB image (+ intrinsics, aligned depth, detection boxes) → one pose
+estimate per object. The ROS node, the demos and the benchmark all call :meth:`PoseEstimator.estimate`.
+
+What one call does, in order (each step one module, conventions stated there):
+
+1. **Objects**: without boxes the image's largest centred square is one object; with boxes
+   (:class:`Box`, highest score first, at most ``max_detections``) each becomes a square crop
+   ``detection_crop_scale`` times its longer side around its centre (:mod:`pose_core.pinhole`).
+   A box that is not finite, has no area, lies outside the image or asks for a crop more than
+   ``max_crop_factor`` times the image's longer side is rejected with its reason; the others are
+   served.
+2. **Crops** → model inputs ``(n, 3, S, S)`` (:mod:`pose_core.preprocess`), one batch through
+   the model (``ImageToSphere.predict``), coarse-to-fine to ``target_level``.
+3. **Viewing-ray correction** with ``K``: each crop's rotations are turned from its virtual camera
+   into the real camera frame (:mod:`pose_core.crops`).
+4. **Summary**, batched over the objects (:mod:`pose_core.summary`).
+5. **Translation**: from the median valid depth in the crop when an aligned depth image and ``K``
+   are given, else ``nominal_distance_m`` along the crop's viewing ray (the optical axis without
+   ``K``), with a covariance that says which (:mod:`pose_core.pinhole`).
+
+Outputs are :class:`ObjectEstimate` (numpy float64, quaternions ``(x, y, z, w)``, the 6x6
+covariance in ``geometry_msgs/PoseWithCovariance`` order) in a :class:`FrameEstimate`, with the
+boxes rejected and the notes a caller should log. Bad input raises :class:`ValueError` naming it
+(an image that is not ``(H, W, 3)``, a bad ``K``); a bad box or depth never loses the frame.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pose_core import crops, grids, pinhole, preprocess, so3
+from pose_core.pinhole import Region, TranslationEstimate
+from pose_core.summary import summarize
+
+__all__ = [
+    "Box",
+    "EstimatorSettings",
+    "ObjectEstimate",
+    "Rejection",
+    "FrameEstimate",
+    "PoseEstimator",
+    "FALLBACK_INPUT_SIZE",
+]
+
+#: Model input side when neither the caller nor the checkpoint gives one.
+FALLBACK_INPUT_SIZE = 224
+
+
+@dataclass(frozen=True)
+class Box:
+    """A detection box in image pixels (``vision_msgs/BoundingBox2D`` without the angle).
+
+    Attributes:
+        center: ``(u, v)`` pixels, pixel centres at integers.
+        size: ``(width, height)`` pixels.
+        score: detector confidence; boxes are served highest first.
+        id: the detector's id of the object (e.g. ``Detection2D.id``), passed through.
+    """
+
+    center: tuple[float, float]
+    size: tuple[float, float]
+    score: float = 1.0
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """What a caller may change between frames (swap the whole object; it is immutable).
+
+    Attributes:
+        target_level: coarse-to-fine target grid level (mode resolution
+            :func:`pose_core.grids.resolution`); at least the model's base level.
+        num_samples: rotation samples per object.
+        num_modes, mode_radius_deg: separated modes reported and their separation (deg).
+        nominal_distance_m: assumed distance along the viewing ray without depth (m).
+        detection_crop_scale: crop side / a box's longer side.
+        max_detections: most boxes served per frame (highest score first).
+        max_crop_factor: a box whose crop side exceeds this multiple of the image's longer side
+            is rejected (a detector's garbage box must not cost more than a frame).
+    """
+
+    target_level: int = 5
+    num_samples: int = 100
+    num_modes: int = 4
+    mode_radius_deg: float = 15.0
+    nominal_distance_m: float = 1.0
+    detection_crop_scale: float = 1.2
+    max_detections: int = 8
+    max_crop_factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "target_level": 0 <= self.target_level <= 8,
+            "num_samples": self.num_samples >= 1,
+            "num_modes": self.num_modes >= 1,
+            "mode_radius_deg": 0 < self.mode_radius_deg <= 180,
+            "nominal_distance_m": self.nominal_distance_m > 0 and math.isfinite(self.nominal_distance_m),
+            "detection_crop_scale": self.detection_crop_scale > 0 and math.isfinite(self.detection_crop_scale),
+            "max_detections": self.max_detections >= 1,
+            "max_crop_factor": self.max_crop_factor >= 1 and math.isfinite(self.max_crop_factor),
+        }
+        bad = [f"{name}={getattr(self, name)!r}" for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"bad estimator settings: {', '.join(bad)}")
+
+    @staticmethod
+    def level_for_resolution(mode_resolution_deg: float) -> int:
+        """Grid level whose cells are at most ``mode_resolution_deg`` (deg) wide, at least 3."""
+        return max(3, grids.level_for_resolution(math.radians(mode_resolution_deg)))
+
+
+@dataclass(frozen=True)
+class ObjectEstimate:
+    """One object's pose distribution summary in the camera frame (numpy float64).
+
+    Attributes:
+        index: position of its box in the ``boxes`` given (0 without boxes).
+        box: that :class:`Box`, or ``None`` for the whole image.
+        region: the crop ``(u0, v0, u1, v1)`` it was predicted on (may extend past the image).
+        orientation: ``(4,)`` mode (object -> camera), quaternion x, y, z, w (``w >= 0``).
+        translation: ``(3,)`` m; ``translation_source`` ``"depth"`` or ``"nominal"``.
+        covariance: ``(6, 6)`` of ``(x, y, z, rot X, rot Y, rot Z)`` (m², rad²), ordered as
+            ``geometry_msgs/PoseWithCovariance``: translation block from the translation estimate,
+            rotation block the left-perturbation covariance about the mode (camera axes), cross
+            terms 0 (the rotation model does not see the translation).
+        samples: ``(N, 4)`` rotations drawn from the distribution; ``sample_weights`` ``(N,)``.
+        entropy: nats (Haar volume ``pi**2``); ``max_log_density`` at the mode;
+            ``mode_resolution`` rad.
+        modes: ``(M, 4)`` separated local maxima, decreasing density, with ``mode_mass`` ``(M,)``
+            (mass within ``mode_radius_deg``) and ``mode_log_density`` ``(M,)``.
+    """
+
+    index: int
+    box: Box | None
+    region: Region
+    orientation: np.ndarray
+    translation: np.ndarray
+    translation_source: str
+    covariance: np.ndarray
+    samples: np.ndarray
+    sample_weights: np.ndarray
+    entropy: float
+    max_log_density: float
+    mode_resolution: float
+    modes: np.ndarray
+    mode_mass: np.ndarray
+    mode_log_density: np.ndarray
+
+    @property
+    def rotation(self) -> np.ndarray:
+        """The mode as a rotation matrix ``(3, 3)``."""
+        return so3.quat_to_matrix(torch.from_numpy(self.orientation)).numpy()
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A box that was not served: its position in ``boxes``, the box and why."""
+
+    index: int
+    box: Box
+    reason: str
+
+
+@dataclass
+class FrameEstimate:
+    """Everything one :meth:`PoseEstimator.estimate` call produced.
+
+    Attributes:
+        objects: one :class:`ObjectEstimate` per served object, highest box score first.
+        rejected: boxes that were not served, with the reason.
+        dropped: boxes beyond ``max_detections`` (lowest scores), not served.
+        notes: things the caller should log (e.g. a depth image that could not be used), each
+            ``(kind, text)`` with ``kind`` in ``{"depth", "camera"}``.
+        timings_ms: wall time of the steps (``crops``, ``model``, ``summary``, ``translation``,
+            ``total``); on CUDA the model step is synchronised.
+    """
+
+    objects: list[ObjectEstimate] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    dropped: int = 0
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class PoseEstimator:
+    """Per-frame pose estimation with one model (see the module docstring).
+
+    Args:
+        model: an ``ImageToSphere`` in eval mode (``load_model``), on any device.
+        settings: :class:`EstimatorSettings`; replace ``estimator.settings`` to change them.
+        input_size: crop side fed to the model; default ``model.input_size`` (what the checkpoint
+            was trained on), else :data:`FALLBACK_INPUT_SIZE`.
+        seed: of the sampling generator (the samples of a frame are reproducible per estimator).
+
+    Not thread-safe: call :meth:`estimate` from one thread (the node's worker).
+    """
+
+    def __init__(self, model: Any, settings: EstimatorSettings | None = None, input_size: int | None = None,
+                 seed: int = 0):
+        self.model = model
+        self.input_size = int(input_size or getattr(model, "input_size", None) or FALLBACK_INPUT_SIZE)
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be >= 1, got {self.input_size}")
+        self.settings = settings if settings is not None else EstimatorSettings()
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def settings(self) -> EstimatorSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: EstimatorSettings) -> None:
+        if not isinstance(value, EstimatorSettings):
+            raise TypeError(f"settings must be EstimatorSettings, got {type(value).__name__}")
+        self._settings = value
+
+    @property
+    def target_level(self) -> int:
+        """The coarse-to-fine target level used: the settings', never below the model's base level."""
+        return max(self._settings.target_level, self.model.inference.base_level)
+
+    # ------------------------------------------------------------------ one frame
+    def estimate(
+        self,
+        rgb: np.ndarray,
+        K: np.ndarray | list[float] | None = None,
+        depth: np.ndarray | None = None,
+        boxes: list[Box] | None = None,
+    ) -> FrameEstimate:
+        """Pose estimates of the objects in one frame.
+
+        Args:
+            rgb: ``(H, W, 3)`` uint8 RGB (or float in [0, 1]).
+            K: intrinsics ``(3, 3)`` or the 9 values of ``CameraInfo.k``; ``None``: no viewing-ray
+                correction, translations along the optical axis.
+            depth: ``(H, W)`` depth in m aligned with ``rgb`` (0, NaN, inf: no measurement);
+                ignored with a note when its size differs or there is no ``K``.
+            boxes: detection boxes; ``None``: the whole image is one object; ``[]``: no object.
+
+        Raises:
+            ValueError: ``rgb`` is not an RGB image, or ``K`` is not valid intrinsics.
+        """
+        t0 = time.perf_counter()
+        s = self._settings
+        rgb = preprocess.check_rgb(rgb)
+        height, width = rgb.shape[:2]
+        Km = None if K is None else pinhole.intrinsics_matrix(K)
+        frame = FrameEstimate()
+        depth = self._usable_depth(depth, Km, width, height, frame)
+
+        # 1-2. objects and their crops
+        objects: list[tuple[int, Box | None, Region]] = []
+        inputs: list[torch.Tensor] = []
+        if boxes is None:
+            x, region = preprocess.model_input(rgb, self.input_size)
+            objects.append((0, None, region))
+            inputs.append(x)
+        else:
+            order = sorted(range(len(boxes)), key=lambda i: -_score(boxes[i]))
+            frame.dropped = max(0, len(order) - s.max_detections)
+            for i in order[: s.max_detections]:
+                box = boxes[i]
+                try:
+                    region = self._box_region(box, width, height)
+                    inputs.append(preprocess.crop_input(rgb, region, self.input_size))
+                except (ValueError, TypeError) as exc:
+                    frame.rejected.append(Rejection(i, box, str(exc)))
+                    continue
+                objects.append((i, box, region))
+        t1 = time.perf_counter()
+        frame.timings_ms["crops"] = 1000 * (t1 - t0)
+        if not objects:
+            frame.timings_ms["total"] = frame.timings_ms["crops"]
+            return frame
+
+        # 2. one batch through the model
+        dist = self.model.predict(torch.cat(inputs), target_level=self.target_level)
+        if dist.log_mass.device.type == "cuda":
+            torch.cuda.synchronize(dist.log_mass.device)
+        t2 = time.perf_counter()
+        frame.timings_ms["model"] = 1000 * (t2 - t1)
+
+        # 3-4. viewing-ray corrections and the batched summary
+        centers = [pinhole.region_center(region, width, height) for _, _, region in objects]
+        corrections = None
+        if Km is not None:
+            corrections = torch.stack([crops.crop_ray_rotation(Km, c) for c in centers])
+        summary = summarize(
+            dist, corrections, num_samples=s.num_samples, num_modes=s.num_modes,
+            mode_radius=math.radians(s.mode_radius_deg), generator=self._generator,
+        )
+        t3 = time.perf_counter()
+        frame.timings_ms["summary"] = 1000 * (t3 - t2)
+
+        # 5. translations, and the estimates
+        for j, ((index, box, region), center) in enumerate(zip(objects, centers, strict=True)):
+            translation = self._translation(Km, depth, region, center, frame)
+            cov6 = np.zeros((6, 6))
+            cov6[:3, :3] = translation.covariance
+            cov6[3:, 3:] = summary.covariance[j]
+            m = int(summary.mode_count[j])
+            frame.objects.append(
+                ObjectEstimate(
+                    index=index, box=box, region=tuple(int(v) for v in region),
+                    orientation=summary.orientation[j], translation=np.asarray(translation.translation, np.float64),
+                    translation_source=translation.source, covariance=cov6, samples=summary.samples[j],
+                    sample_weights=summary.sample_weights[j], entropy=float(summary.entropy[j]),
+                    max_log_density=float(summary.max_log_density[j]), mode_resolution=summary.mode_resolution,
+                    modes=summary.modes[j, :m], mode_mass=summary.mode_mass[j, :m],
+                    mode_log_density=summary.mode_log_density[j, :m],
+                )
+            )
+        t4 = time.perf_counter()
+        frame.timings_ms["translation"] = 1000 * (t4 - t3)
+        frame.timings_ms["total"] = 1000 * (t4 - t0)
+        return frame
+
+    def warm_up(self, width: int = 224, height: int = 224, boxes: int = 0) -> float:
+        """Run one frame on a black image (builds the model's tables and caches); returns its ms."""
+        t = time.perf_counter()
+        rgb = np.zeros((height, width, 3), np.uint8)
+        K = [float(max(width, height)), 0.0, (width - 1) / 2, 0.0, float(max(width, height)), (height - 1) / 2,
+             0.0, 0.0, 1.0]
+        box_list = None
+        if boxes:
+            box_list = [Box(((width - 1) / 2, (height - 1) / 2), (width / 2, height / 2))] * boxes
+        self.estimate(rgb, K, boxes=box_list)
+        return 1000 * (time.perf_counter() - t)
+
+    # ------------------------------------------------------------------ steps
+    def _box_region(self, box: Box, width: int, height: int) -> Region:
+        """The square crop of ``box`` (ValueError naming what is wrong with it)."""
+        s = self._settings
+        region = pinhole.detection_region(box.center, box.size, s.detection_crop_scale)
+        side = region[2] - region[0]
+        limit = s.max_crop_factor * max(width, height)
+        if side > limit:
+            raise ValueError(
+                f"crop side {side} px is more than max_crop_factor {s.max_crop_factor:g} x the {width}x{height} image"
+            )
+        u0, v0, u1, v1 = region
+        if u1 <= 0 or v1 <= 0 or u0 >= width or v0 >= height:
+            raise ValueError(f"box crop {region} lies outside the {width}x{height} image")
+        return region
+
+    @staticmethod
+    def _usable_depth(
+        depth: np.ndarray | None, K: np.ndarray | None, width: int, height: int, frame: FrameEstimate
+    ) -> np.ndarray | None:
+        if depth is None:
+            return None
+        depth = np.asarray(depth)
+        if depth.ndim != 2 or depth.shape != (height, width):
+            frame.notes.append(("depth", f"depth image of shape {depth.shape} does not match the {width}x{height} "
+                                         "colour image; not used (is it aligned to the colour camera?)"))
+            return None
+        if K is None:
+            frame.notes.append(("depth", "depth image given without camera intrinsics K; not used"))
+            return None
+        return depth
+
+    def _translation(
+        self, K: np.ndarray | None, depth: np.ndarray | None, region: Region, center: tuple[float, float],
+        frame: FrameEstimate,
+    ) -> TranslationEstimate:
+        distance = self._settings.nominal_distance_m
+        if depth is not None and K is not None:
+            estimate = pinhole.translation_from_depth(K, depth, region)
+            if estimate is not None:
+                return estimate
+            values = depth[max(0, region[1]) : max(0, region[3]), max(0, region[0]) : max(0, region[2])]
+            frame.notes.append(("depth", f"no valid depth in region {region} ({_describe_invalid(values)}); "
+                                         f"using nominal_distance_m = {distance:g}"))
+        if K is None:
+            return pinhole.translation_from_nominal(distance)
+        return pinhole.translation_from_nominal(distance, K, center)
+
+
+def _score(box: Box) -> float:
+    score = float(box.score)
+    return score if math.isfinite(score) else -math.inf
+
+
+def _describe_invalid(values: np.ndarray) -> str:
+    """What the depths of a region without a valid one are: e.g. ``"all NaN"``, ``"0 or NaN"``, ``"all negative"``."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        return "empty"
+    kinds = []
+    for name, mask in (("NaN", np.isnan(v)), ("0", v == 0), ("infinite", np.isinf(v)), ("negative", v < 0)):
+        if mask.any():
+            kinds.append(name)
+    return ("all " if len(kinds) == 1 else "") + " / ".join(kinds)
+

@@ -1,0 +1,122 @@
+"""What a pose message reports about a batch of rotation distributions, computed once and batched.
+
+:func:`summarize` turns an :class:`~pose_core.distribution.SO3Distribution` of ``B`` objects
+into a :class:`RotationSummary`: the mode, the covariance about it, samples, entropy and the
+separated top modes, all as numpy ``float64`` with rotations as quaternions ``(x, y, z, w)``,
+``w >= 0`` (:mod:`pose_core.so3`). With ``corrections`` (the crops' ``R_ray``,
+:mod:`pose_core.crops`) everything is expressed in the real camera frame: rotations are
+left-multiplied by ``R_ray`` and the covariance becomes ``R_ray C R_ray^T``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pose_core import so3
+from pose_core.distribution import SO3Distribution
+
+__all__ = ["RotationSummary", "summarize"]
+
+
+@dataclass(frozen=True)
+class RotationSummary:
+    """Rotation part of ``B`` pose estimates (numpy float64, camera frame).
+
+    Attributes:
+        orientation: ``(B, 4)`` the mode (object -> camera), quaternion x, y, z, w.
+        covariance: ``(B, 3, 3)`` rad², left-perturbation rotation vector about the mode, camera axes.
+        samples: ``(B, N, 4)`` rotations drawn from the distribution; ``sample_weights`` ``(B, N)``
+            (equal: i.i.d. samples, summing to 1 per row).
+        entropy: ``(B,)`` nats (Haar volume ``pi**2``).
+        max_log_density: ``(B,)`` log-density at the mode.
+        mode_resolution: rad, size of the cells the mode is chosen among.
+        modes: ``(B, k, 4)`` separated local maxima, decreasing density; ``mode_mass`` and
+            ``mode_log_density`` ``(B, k)`` go with them; row ``b`` has ``mode_count[b]`` of them
+            (the rest are identity, mass 0, log-density ``-inf``).
+    """
+
+    orientation: np.ndarray
+    covariance: np.ndarray
+    samples: np.ndarray
+    sample_weights: np.ndarray
+    entropy: np.ndarray
+    max_log_density: np.ndarray
+    mode_resolution: float
+    modes: np.ndarray
+    mode_mass: np.ndarray
+    mode_log_density: np.ndarray
+    mode_count: np.ndarray
+
+
+def _left(q_left: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
+    """``q_left (B, 4) * q (B, ..., 4)`` canonicalised (``w >= 0``); ``q`` when ``q_left`` is None."""
+    if q_left is not None:
+        shape = (q.shape[0],) + (1,) * (q.dim() - 2) + (4,)
+        q = so3.quat_multiply(q_left.reshape(shape), q)
+    return so3.quat_canonical(q)
+
+
+def summarize(
+    dist: SO3Distribution,
+    corrections: torch.Tensor | np.ndarray | None = None,
+    num_samples: int = 100,
+    num_modes: int = 4,
+    mode_radius: float = math.radians(15.0),
+    generator: torch.Generator | None = None,
+) -> RotationSummary:
+    """Summaries of the ``B`` distributions of ``dist`` (see the module docstring).
+
+    Args:
+        corrections: ``(B, 3, 3)`` ``R_ray`` of each distribution's crop, or ``None`` (already in
+            the camera frame).
+        num_samples: samples per distribution (>= 1).
+        num_modes: most separated modes reported (>= 1); ``mode_radius`` (rad) separates them
+            and is the radius within which a mode's mass is counted.
+        generator: for the samples (reproducible with a seeded CPU generator).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_modes < 1:
+        raise ValueError(f"num_modes must be >= 1, got {num_modes}")
+    B = dist.batch_size
+    dist = dist.to("cpu")
+    Rc = None
+    if corrections is not None:
+        Rc = torch.as_tensor(corrections, dtype=torch.float64)
+        if Rc.shape != (B, 3, 3):
+            raise ValueError(f"corrections must have shape ({B}, 3, 3), got {tuple(Rc.shape)}")
+    q_corr = None if Rc is None else so3.matrix_to_quat(Rc)
+
+    mode_cell = dist.mode_cell()  # (B,)
+    q_mode = dist.quaternions_at(mode_cell)  # (B, 4)
+    cov = dist.covariance_about_quaternion(q_mode).to(torch.float64)  # (B, 3, 3)
+    density = dist.cell_log_density()
+    max_logp = density.gather(1, mode_cell[:, None])[:, 0]
+    samples = so3.matrix_to_quat(dist.sample(num_samples, generator=generator).to(torch.float64))  # (B, N, 4)
+    cells, mass = dist.top_mode_cells(k=num_modes, radius=mode_radius)  # (B, k)
+    found = cells >= 0
+    q_modes = dist.quaternions_at(cells.clamp_min(0)).to(torch.float64)  # (B, k, 4)
+    q_modes = torch.where(found[..., None], q_modes, torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64))
+    modes_logp = torch.where(found, density.gather(1, cells.clamp_min(0)).to(torch.float64), -math.inf)
+
+    if Rc is not None:
+        cov = Rc @ cov @ Rc.transpose(-1, -2)
+        cov = (cov + cov.transpose(-1, -2)) / 2
+    q_modes = torch.where(found[..., None], _left(q_corr, q_modes), q_modes)
+    return RotationSummary(
+        orientation=_left(q_corr, q_mode.to(torch.float64)).numpy(),
+        covariance=cov.numpy(),
+        samples=_left(q_corr, samples).numpy(),
+        sample_weights=np.full((B, num_samples), 1.0 / num_samples),
+        entropy=dist.entropy().to(torch.float64).numpy(),
+        max_log_density=max_logp.to(torch.float64).numpy(),
+        mode_resolution=float(dist.mode_resolution()),
+        modes=q_modes.numpy(),
+        mode_mass=mass.to(torch.float64).numpy(),
+        mode_log_density=modes_logp.numpy(),
+        mode_count=found.sum(1).numpy(),
+    )
