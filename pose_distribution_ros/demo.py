@@ -1,7 +1,7 @@
 """End-to-end ROS 2 demo: simulated camera -> pose_distribution node -> listener that scores it.
 
     python -m pose_distribution_ros.demo [--checkpoint checkpoints/demo.pt] [--duration 20]
-                                         [--rate 5] [--shape cube] [--size 0] [--device auto]
+                                         [--rate 5] [--shape cube] [--size 224] [--device auto]
                                          [-p image_size:=64 ...] [--summary-json FILE]
 
 Starts three processes: the simulated camera (:mod:`pose_distribution_ros.sim_camera`: rendered
@@ -178,23 +178,14 @@ def _stop(procs: list[subprocess.Popen[Any]], timeout_s: float = 10.0) -> None:
             p.wait()
 
 
-def _checkpoint_image_size(path: Path) -> int | None:
-    """Image side ``path`` was trained on (from its train config), ``None`` if unknown or unreadable."""
-    from pose_core.model import read_checkpoint, training_image_size
-
-    try:
-        return training_image_size(read_checkpoint(path))
-    except (FileNotFoundError, ValueError):  # the node reports an unreadable checkpoint itself
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of results to score")
     parser.add_argument("--rate", type=float, default=5.0, help="camera frames per second")
     parser.add_argument("--shape", default="cube")
-    parser.add_argument("--size", type=int, default=0, help="rendered side (px); 0: the checkpoint's")
+    parser.add_argument("--size", type=int, default=224,
+                        help="side (px) of the camera images; the node resizes crops to the model's input")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--summary-json", default="", help="also write the summary to this file")
     parser.add_argument(
@@ -226,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    if opts.size <= 0:
-        opts.size = _checkpoint_image_size(checkpoint) or 224
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")

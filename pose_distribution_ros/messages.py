@@ -1,79 +1,66 @@
-"""Pack a :class:`pose_core.camera.PoseEstimate` into ROS messages (no maths beyond packing).
+"""ROS messages ↔ the pipeline's types (no maths: values are copied, never recomputed).
 
-The estimate (mode, covariance, samples, modes) is computed by
-:func:`pose_core.camera.pose_estimate` from an :class:`~pose_core.distribution.SO3Distribution`
-and a :class:`~pose_core.camera.TranslationEstimate`; :func:`from_distribution` does both steps.
-Conventions are those of ``msg/PoseDistribution.msg`` and :mod:`pose_core.so3` (quaternions
-x, y, z, w; the pose maps object-frame points into the header frame, i.e. it is the transform
-``header.frame_id -> object_frame_id``).
+Out: a :class:`pose_core.pipeline.ObjectEstimate` (quaternions ``(x, y, z, w)``, translation,
+6x6 covariance, samples, modes, all computed once by the pipeline) becomes
+``PoseDistribution``, ``PoseWithCovarianceStamped``, ``PoseArray`` and ``TransformStamped``
+messages. In: a ``vision_msgs/Detection2DArray`` becomes :class:`pose_core.pipeline.Box` es.
+Conventions are those of ``msg/PoseDistribution.msg`` and :mod:`pose_core.so3`: a pose maps
+object-frame points into the header frame, i.e. it is the transform
+``header.frame_id -> object_frame_id``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from geometry_msgs.msg import (
-    Point,
-    Pose,
-    PoseArray,
-    PoseWithCovarianceStamped,
-    Quaternion,
-    TransformStamped,
-    Vector3,
-)
+from geometry_msgs.msg import Point, Pose, PoseArray, PoseWithCovarianceStamped, Quaternion, TransformStamped, Vector3
 from pose_distribution.msg import PoseDistribution, PoseDistributionArray, RotationMode
 
-from pose_core import so3
-from pose_core.camera import PoseEstimate, TranslationEstimate, pose_estimate
+from pose_core.pipeline import Box, ObjectEstimate
 
 __all__ = [
-    "DetectionBox",
-    "detection_boxes",
-    "quaternions_xyzw",
     "quaternion_msgs",
     "pose_msg",
-    "from_distribution",
     "pose_distribution_msg",
     "pose_distribution_array_msg",
     "pose_with_covariance_msg",
     "pose_array_msg",
     "transform_msg",
+    "detection_boxes",
+    "frame_suffix",
 ]
 
 
-def quaternions_xyzw(rotations: np.ndarray) -> np.ndarray:
-    """Rotation matrices ``(..., 3, 3)`` → unit quaternions ``(..., 4)`` ``(x, y, z, w)``, ``w >= 0`` (float64)."""
-    return so3.matrix_to_quat(torch.as_tensor(np.asarray(rotations, dtype=np.float64))).numpy()
+def quaternion_msgs(quaternions: np.ndarray) -> list[Quaternion]:
+    """Quaternions ``(N, 4)`` (x, y, z, w) → ``geometry_msgs/Quaternion`` list."""
+    out = []
+    for x, y, z, w in np.asarray(quaternions, dtype=np.float64).reshape(-1, 4).tolist():
+        q = Quaternion()
+        q.x, q.y, q.z, q.w = x, y, z, w
+        out.append(q)
+    return out
 
 
-def quaternion_msgs(rotations: np.ndarray) -> list[Quaternion]:
-    """Rotation matrices ``(N, 3, 3)`` → ``geometry_msgs/Quaternion`` list."""
-    q = quaternions_xyzw(rotations).reshape(-1, 4)
-    return [Quaternion(x=float(a), y=float(b), z=float(c), w=float(d)) for a, b, c, d in q.tolist()]
+def _point(translation: np.ndarray) -> Point:
+    p = Point()
+    p.x, p.y, p.z = (float(v) for v in translation)
+    return p
 
 
-def pose_msg(rotation: np.ndarray, translation: np.ndarray) -> Pose:
-    """``geometry_msgs/Pose`` of rotation ``(3, 3)`` and translation ``(3,)`` (m)."""
-    x, y, z = (float(v) for v in np.asarray(translation, dtype=np.float64))
-    return Pose(position=Point(x=x, y=y, z=z), orientation=quaternion_msgs(np.asarray(rotation)[None])[0])
+def pose_msg(orientation: np.ndarray, translation: np.ndarray) -> Pose:
+    """``geometry_msgs/Pose`` of a quaternion ``(4,)`` (x, y, z, w) and a translation ``(3,)`` (m)."""
+    return Pose(position=_point(translation), orientation=quaternion_msgs(orientation)[0])
 
 
-def from_distribution(dist: Any, translation: TranslationEstimate, **kwargs: Any) -> PoseEstimate:
-    """:func:`pose_core.camera.pose_estimate` (re-exported so callers need one import)."""
-    return pose_estimate(dist, translation, **kwargs)
-
-
-def pose_distribution_msg(estimate: PoseEstimate, header: Any, object_frame_id: str) -> PoseDistribution:
+def pose_distribution_msg(estimate: ObjectEstimate, header: Any, object_frame_id: str) -> PoseDistribution:
     """``pose_distribution/PoseDistribution`` of ``estimate``, stamped with ``header`` (the image's)."""
     msg = PoseDistribution()
     msg.header = header
     msg.object_frame_id = object_frame_id
-    msg.mode = pose_msg(estimate.rotation, estimate.translation)
+    msg.mode = pose_msg(estimate.orientation, estimate.translation)
     msg.covariance = np.asarray(estimate.covariance, dtype=np.float64).reshape(36)
     msg.samples = quaternion_msgs(estimate.samples)
     msg.sample_weights = np.asarray(estimate.sample_weights, dtype=np.float32)
@@ -83,9 +70,7 @@ def pose_distribution_msg(estimate: PoseEstimate, header: Any, object_frame_id: 
     msg.modes = [
         RotationMode(orientation=q, probability_mass=float(m), log_density=float(ld))
         for q, m, ld in zip(
-            quaternion_msgs(estimate.modes),
-            estimate.mode_mass.tolist(),
-            estimate.mode_log_density.tolist(),
+            quaternion_msgs(estimate.modes), estimate.mode_mass.tolist(), estimate.mode_log_density.tolist(),
             strict=True,
         )
     ]
@@ -97,72 +82,64 @@ def pose_distribution_array_msg(header: Any, distributions: Sequence[PoseDistrib
     return PoseDistributionArray(header=header, distributions=list(distributions))
 
 
-def pose_with_covariance_msg(estimate: PoseEstimate, header: Any) -> PoseWithCovarianceStamped:
+def pose_with_covariance_msg(estimate: ObjectEstimate, header: Any) -> PoseWithCovarianceStamped:
     """``geometry_msgs/PoseWithCovarianceStamped``: the mode and the 6x6 covariance (row-major)."""
     msg = PoseWithCovarianceStamped()
     msg.header = header
-    msg.pose.pose = pose_msg(estimate.rotation, estimate.translation)
+    msg.pose.pose = pose_msg(estimate.orientation, estimate.translation)
     msg.pose.covariance = np.asarray(estimate.covariance, dtype=np.float64).reshape(36)
     return msg
 
 
-def pose_array_msg(estimate: PoseEstimate, header: Any) -> PoseArray:
-    """``geometry_msgs/PoseArray`` of the rotation samples, each at the estimated translation (for RViz)."""
-    x, y, z = (float(v) for v in estimate.translation)
-    return PoseArray(
-        header=header,
-        poses=[Pose(position=Point(x=x, y=y, z=z), orientation=q) for q in quaternion_msgs(estimate.samples)],
-    )
+def pose_array_msg(estimate: ObjectEstimate, header: Any, samples: list[Quaternion] | None = None) -> PoseArray:
+    """``geometry_msgs/PoseArray`` of the rotation samples, each at the estimated translation (for RViz).
+
+    ``samples``: the samples as messages when already built (e.g. for the PoseDistribution).
+    """
+    samples = quaternion_msgs(estimate.samples) if samples is None else samples
+    poses = []
+    for q in samples:
+        pose = Pose()
+        pose.position = _point(estimate.translation)
+        pose.orientation = q
+        poses.append(pose)
+    return PoseArray(header=header, poses=poses)
 
 
-def transform_msg(estimate: PoseEstimate, header: Any, child_frame_id: str) -> TransformStamped:
+def transform_msg(estimate: ObjectEstimate, header: Any, child_frame_id: str) -> TransformStamped:
     """``geometry_msgs/TransformStamped`` ``header.frame_id -> child_frame_id`` at the mode."""
     msg = TransformStamped()
     msg.header = header
     msg.child_frame_id = child_frame_id
     x, y, z = (float(v) for v in estimate.translation)
     msg.transform.translation = Vector3(x=x, y=y, z=z)
-    msg.transform.rotation = quaternion_msgs(estimate.rotation[None])[0]
+    msg.transform.rotation = quaternion_msgs(estimate.orientation)[0]
     return msg
 
 
-@dataclass(frozen=True)
-class DetectionBox:
-    """One ``vision_msgs/Detection2D`` box, as the node uses it.
+def frame_suffix(box: Box, index: int) -> str:
+    """Child-frame suffix of a detection: its id made a valid frame-name part (``[A-Za-z0-9_]``), or
+    ``str(index)`` (its position in the array) when the id is empty."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", box.id) if box.id else str(index)
 
-    Attributes:
-        index: position in the ``Detection2DArray``.
-        center: ``(u, v)`` pixels (``bbox.center.position``; ``bbox.center.theta`` is ignored: the
-            crop is axis-aligned around the box).
-        size: ``(width, height)`` pixels (``bbox.size_x``, ``bbox.size_y``).
-        score: highest ``results[*].hypothesis.score`` (0 without results).
-        id: ``Detection2D.id``.
-        frame_suffix: ``id`` made a valid frame-name part (``[A-Za-z0-9_]``), or ``str(index)``
-            when ``id`` is empty.
+
+def detection_boxes(msg: Any) -> list[Box]:
+    """The boxes of a ``vision_msgs/Detection2DArray``, in message order.
+
+    ``center`` is ``bbox.center.position`` (``bbox.center.theta`` is ignored: the crop is
+    axis-aligned around the box), ``size`` ``(bbox.size_x, bbox.size_y)``, ``score`` the highest
+    ``results[*].hypothesis.score`` (0 without results), ``id`` ``Detection2D.id``. The pipeline
+    orders them by score.
     """
-
-    index: int
-    center: tuple[float, float]
-    size: tuple[float, float]
-    score: float
-    id: str
-    frame_suffix: str
-
-
-def detection_boxes(msg: Any) -> list[DetectionBox]:
-    """The boxes of a ``vision_msgs/Detection2DArray``, highest score first (stable for ties)."""
     boxes = []
-    for i, det in enumerate(msg.detections):
+    for det in msg.detections:
         score = max((float(r.hypothesis.score) for r in det.results), default=0.0)
-        suffix = re.sub(r"[^A-Za-z0-9_]", "_", det.id) if det.id else str(i)
         boxes.append(
-            DetectionBox(
-                index=i,
+            Box(
                 center=(float(det.bbox.center.position.x), float(det.bbox.center.position.y)),
                 size=(float(det.bbox.size_x), float(det.bbox.size_y)),
                 score=score,
                 id=det.id,
-                frame_suffix=suffix,
             )
         )
-    return sorted(boxes, key=lambda b: -b.score)
+    return boxes

@@ -1,11 +1,17 @@
 """ROS 2 node ``pose_distribution``: camera image in, distribution over the object's pose out.
 
-A thin adapter around :mod:`pose_core` (all geometry lives in :mod:`pose_core.camera`):
+An adapter: messages → numpy (:mod:`~pose_distribution_ros.image_conversion`), one
+:meth:`pose_core.pipeline.PoseEstimator.estimate` call per frame (crops, viewing-ray correction,
+depth, translation and batching all live there), estimates → messages
+(:mod:`~pose_distribution_ros.messages`) → publishers. Inputs are paired by stamp in
+:mod:`~pose_distribution_ros.pairing`; parameters are declared from one table in
+:mod:`~pose_distribution_ros.parameters`.
 
-Subscriptions (remappable):
-    ``image`` (sensor_msgs/Image, ``qos_profile_sensor_data``): rgb8, bgr8, rgba8, bgra8, mono8.
-    ``camera_info`` (sensor_msgs/CameraInfo, optional): intrinsics for the viewing ray of the crop
-    (rotation correction) and the translation estimate.
+Subscriptions (remappable; QoS of the first three: parameter ``image_qos``):
+    ``image`` (sensor_msgs/Image): rgb8, bgr8, rgba8, bgra8, mono8.
+    ``camera_info`` (sensor_msgs/CameraInfo, optional): intrinsics for the viewing ray of each crop
+    and the translation. A camera_info with non-finite K, focal lengths <= 0 or a zero size is
+    rejected (logged) and the last good one kept.
     ``depth`` (sensor_msgs/Image, optional, aligned with ``image``): 16UC1 (mm) or 32FC1 (m).
     ``detections`` (vision_msgs/Detection2DArray, when ``use_detections``): boxes in ``image``
     pixels, paired with the image of the same stamp; one distribution per box.
@@ -19,30 +25,20 @@ Publications (headers: the input image's stamp; frame ``camera_frame_id`` or the
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, 1 Hz: latency, rates, drops, errors).
 
 Runtime: the image callback only stores the newest frame in a single slot (an unprocessed frame
-that is overwritten is dropped and counted); a worker thread, not the executor's, runs the model
-at most ``max_rate_hz`` times a second. Bad input is logged (rate-limited, one limit per kind of
-problem) and the node goes on with the next frame. A missing or unreadable checkpoint stops the
-node at start-up with exit status 1.
-
-Objects: without detections the whole image (its largest centred square) is one object. With
-``use_detections``, every Detection2DArray (at most ``max_detections`` boxes, highest score first)
-is paired with the buffered image of the same stamp (either may arrive first); each box becomes a
-square crop, ``detection_crop_scale`` times its longer side, run through the model as one batch;
-each crop's rotation is corrected for its off-centre viewing ray (needs camera_info) and gets its
-own translation. ``~/distributions`` then holds one distribution per box, in that order (empty for
-an empty array), and ``~/distribution``, ``~/pose`` and ``~/samples`` carry the first one.
-Images without detections are not processed in that mode.
+that is overwritten is dropped and counted); a worker thread, not the executor's, runs the
+estimator at most ``max_rate_hz`` times a second. Bad input is logged (rate-limited per kind of
+problem) and the node goes on with the next frame. When image stamps show that only part of the
+camera's frames arrive (lost in transport), the node warns and says what to do. A missing or
+unreadable checkpoint stops the node at start-up with exit status 1.
 
 Run: ``python -m pose_distribution_ros.node --ros-args --params-file config/pose_distribution.yaml``.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +46,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from pose_distribution.msg import PoseDistribution, PoseDistributionArray
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
@@ -59,14 +55,13 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
+from pose_distribution_ros import parameters, transport
 from pose_distribution_ros.image_conversion import ImageConversionError, depth_image_to_meters, image_to_rgb
+from pose_distribution_ros.pairing import DepthBuffer, FrameSlot, StampPairer, stamp_ns
 
 NODE_NAME = "pose_distribution"
-DEFAULT_CHECKPOINT = "checkpoints/demo.pt"
-#: Model input side when neither the parameter nor the checkpoint gives one.
-FALLBACK_IMAGE_SIZE = 224
 PACKAGE = "pose_distribution"
-#: Seconds between two error logs of the same kind of bad input.
+#: Seconds between two log lines of the same kind of bad input.
 ERROR_THROTTLE_S = 5.0
 #: Depth images whose stamp is further than this from the colour image's are not used (s).
 DEPTH_MAX_SKEW_S = 0.1
@@ -76,36 +71,26 @@ DEPTH_BUFFER = 10
 PAIR_BUFFER = 30
 
 _RELIABLE_10 = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=10,
-    reliability=ReliabilityPolicy.RELIABLE,
+    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
-)
+)  # fmt: skip
 #: What tf2_ros.TransformBroadcaster uses for /tf.
 _TF_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=100,
-    reliability=ReliabilityPolicy.RELIABLE,
+    history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
-)
-
+)  # fmt: skip
+#: ``image_qos`` → the QoS of the image, depth and camera_info subscriptions.
+IMAGE_QOS = {
+    "sensor_data": qos_profile_sensor_data,
+    "reliable": QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.VOLATILE,
+    ),
+}  # fmt: skip
 
 # Imported by PoseDistributionNode.__init__ once the checkpoint is found (see there).
-camera: Any = None
 messages: Any = None
 torch: Any = None
-
-_RUNTIME_PARAMETERS = (
-    "object_frame_id",
-    "camera_frame_id",
-    "num_samples",
-    "mode_resolution_deg",
-    "publish_tf",
-    "nominal_distance_m",
-    "max_rate_hz",
-    "detection_crop_scale",
-    "max_detections",
-)
 
 
 class StartupError(RuntimeError):
@@ -114,28 +99,27 @@ class StartupError(RuntimeError):
 
 def resolve_checkpoint(path: str) -> Path:
     """Absolute checkpoint path: as given if absolute; else relative to the working directory, the
-    repository root, or the package share directory (first that exists).
+    repository root, or the package share directory (first that exists). The share directory is
+    looked up only where an ament index is set up (a ROS install or a sourced workspace).
 
     Raises:
-        StartupError: naming every place looked at and how to get a checkpoint.
+        StartupError: naming every place looked at and how to get a checkpoint, or saying that
+            the path is a directory.
     """
     p = Path(path).expanduser()
     if p.is_absolute():
         candidates = [p]
     else:
         candidates = [Path.cwd() / p, Path(__file__).resolve().parent.parent / p]
-        try:
-            from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-            try:
-                candidates.append(Path(get_package_share_directory(PACKAGE)) / p)
-            except PackageNotFoundError:
-                pass
-        except ImportError:
-            pass
+        share = _package_share()
+        if share is not None:
+            candidates.append(share / p)
     for c in candidates:
         if c.is_file():
             return c
+    directories = [c for c in candidates if c.is_dir()]
+    if directories:
+        raise StartupError(f"checkpoint {path!r} is a directory ({directories[0]}), not a checkpoint file")
     looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise StartupError(
         f"checkpoint {path!r} not found (looked at: {looked}). Train one with "
@@ -143,47 +127,50 @@ def resolve_checkpoint(path: str) -> Path:
     )
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Parameters that may change at run time (swapped atomically by the parameter callback)."""
+def _package_share() -> Path | None:
+    """``share/pose_distribution`` of an installed package, or None (no ament index, not installed)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
 
-    object_frame_id: str
-    camera_frame_id: str
-    num_samples: int
-    target_level: int
-    publish_tf: bool
-    nominal_distance_m: float
-    max_rate_hz: float
-    detection_crop_scale: float
-    max_detections: int
+        return Path(get_package_share_directory(PACKAGE))
+    except (ImportError, LookupError, OSError, ValueError):  # PackageNotFoundError is a KeyError
+        return None
 
 
-class FrameSlot:
-    """Single-slot buffer: the newest frame wins; overwritten unprocessed frames are counted as dropped."""
+def camera_info_problem(msg: CameraInfo) -> str | None:
+    """Why ``msg`` cannot give intrinsics (None when it can): zero size, non-finite K, focal lengths <= 0."""
+    import math
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self.dropped = 0
+    if msg.width <= 0 or msg.height <= 0:
+        return f"size {msg.width}x{msg.height} is not positive"
+    k = list(msg.k)
+    if len(k) != 9 or not all(math.isfinite(v) for v in k):
+        return f"K has non-finite entries: {k}"
+    if not (k[0] > 0 and k[4] > 0):
+        return f"focal lengths fx={k[0]}, fy={k[4]} must be > 0"
+    if (k[6], k[7], k[8]) != (0.0, 0.0, 1.0):
+        return f"last row of K is {k[6:]}, not (0, 0, 1)"
+    return None
 
-    def put(self, item: Any) -> None:
-        with self._cond:
-            if self._item is not None:
-                self.dropped += 1
-            self._item = item
-            self._cond.notify()
 
-    def take(self, timeout: float) -> Any:
-        """The newest frame, or ``None`` after ``timeout`` seconds without one."""
-        with self._cond:
-            if self._item is None:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
+class _Throttle:
+    """Per-kind rate limit of log lines (seconds between two lines of one kind); counts what it holds back."""
 
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+    def __init__(self, period_s: float):
+        self.period_s = period_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, kind: str) -> tuple[bool, int]:
+        """Whether to log now, and how many lines of this kind were held back since the last one."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -float("inf")) >= self.period_s:
+                self._last[kind] = now
+                return True, self._held.pop(kind, 0)
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return False, 0
 
 
 class _TfPublisher:
@@ -209,127 +196,35 @@ class _TfPublisher:
             self._publisher.publish(self._msg_type(transforms=transforms))
 
 
-def _describe(text: str, read_only: bool = False, **ranges: Any) -> ParameterDescriptor:
-    return ParameterDescriptor(description=text, read_only=read_only, **ranges)
-
-
 class PoseDistributionNode(Node):
     """See the module docstring. Raises :class:`StartupError` when it cannot start."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self.declare_parameter(
-            "checkpoint",
-            DEFAULT_CHECKPOINT,
-            _describe(
-                "Model checkpoint (pose_core.save_checkpoint). Relative paths: working directory, repository, "
-                "then the package share directory.",
-                read_only=True,
-            ),
-        )
-        self.declare_parameter("device", "auto", _describe("auto | cpu | cuda", read_only=True))
-        self.declare_parameter(
-            "image_size",
-            0,
-            _describe(
-                "Side (px) the largest centred square of the image is resized to; 0: the size the checkpoint "
-                f"was trained on (its train config), or {FALLBACK_IMAGE_SIZE} when it does not say.",
-                read_only=True,
-                integer_range=[IntegerRange(from_value=0, to_value=4096, step=1)],
-            ),
-        )
-        self.declare_parameter("object_frame_id", "object", _describe("Child frame of the pose (TF, messages)."))
-        self.declare_parameter(
-            "camera_frame_id", "", _describe("Frame of the outputs; empty: the input image's header.frame_id.")
-        )
-        self.declare_parameter(
-            "num_samples",
-            100,
-            _describe(
-                "Rotation samples per message.", integer_range=[IntegerRange(from_value=1, to_value=100000, step=1)]
-            ),
-        )
-        self.declare_parameter(
-            "mode_resolution_deg",
-            1.875,
-            _describe(
-                "Wanted resolution of the mode (deg): picks the coarse-to-fine target grid level (>= 3).",
-                floating_point_range=[FloatingPointRange(from_value=0.1, to_value=60.0, step=0.0)],
-            ),
-        )
-        self.declare_parameter("publish_tf", True, _describe("Publish camera frame -> object frame on /tf."))
-        self.declare_parameter(
-            "nominal_distance_m",
-            1.0,
-            _describe(
-                "Assumed distance (m) along the viewing ray when there is no depth image; the published "
-                "covariance says it is a guess.",
-                floating_point_range=[FloatingPointRange(from_value=0.001, to_value=1000.0, step=0.0)],
-            ),
-        )
-        self.declare_parameter(
-            "max_rate_hz",
-            0.0,
-            _describe(
-                "Most inferences per second; newer frames replace older ones meanwhile. 0: as fast as possible.",
-                floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1000.0, step=0.0)],
-            ),
-        )
-
-        self.declare_parameter(
-            "torch_threads",
-            0,
-            _describe(
-                "torch intra-op threads of the inference (torch.set_num_threads); 0: torch's default (one per "
-                "core). On a CPU shared with other busy processes, fewer threads than cores is often faster.",
-                read_only=True,
-                integer_range=[IntegerRange(from_value=0, to_value=1024, step=1)],
-            ),
-        )
-        self.declare_parameter(
-            "use_detections",
-            False,
-            _describe(
-                "Subscribe to 'detections' (vision_msgs/Detection2DArray) and publish one distribution per box; "
-                "false: the whole image is one object.",
-                read_only=True,
-            ),
-        )
-        self.declare_parameter(
-            "detection_crop_scale",
-            1.2,
-            _describe(
-                "Crop side / a detection box's longer side (training renders fill about 1/1.2 of the frame).",
-                floating_point_range=[FloatingPointRange(from_value=0.1, to_value=10.0, step=0.0)],
-            ),
-        )
-        self.declare_parameter(
-            "max_detections",
-            8,
-            _describe(
-                "Most boxes per image (highest score first); the rest are dropped and counted.",
-                integer_range=[IntegerRange(from_value=1, to_value=256, step=1)],
-            ),
-        )
-
+        parameters.declare(self)
+        qos_name = str(self.get_parameter("image_qos").value)
+        if qos_name not in IMAGE_QOS:
+            raise StartupError(f"image_qos must be one of {sorted(IMAGE_QOS)}, got {qos_name!r}")
         self._detection_type = self._detection_message_type()
-        self._checkpoint = resolve_checkpoint(self.get_parameter("checkpoint").value)
+        checkpoint = resolve_checkpoint(self.get_parameter("checkpoint").value)
         # torch, e3nn and pose_core take seconds to import: only after the checkpoint check, so that
         # a wrong path fails at once.
-        global camera, messages, torch
+        global messages, torch
         import torch
 
-        from pose_core import camera
+        from pose_core.pipeline import PoseEstimator
         from pose_distribution_ros import messages
 
         threads = int(self.get_parameter("torch_threads").value)
         if threads:
             torch.set_num_threads(threads)
-        self._settings = self._settings_from(self._parameter_values())
+        self._node_settings, estimator_settings = parameters.settings_from(self._runtime_values())
+        model = self._load_model(checkpoint)
+        size = int(self.get_parameter("image_size").value) or None
+        self._estimator = PoseEstimator(model, estimator_settings, input_size=size)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._model, self._image_size = self._load_model()
-        self._generator = torch.Generator().manual_seed(0)
-        self._warm_up()
+        warm_ms = self._estimator.warm_up()
+        self.get_logger().info(f"warm-up frame: {warm_ms:.0f} ms ({torch.get_num_threads()} torch threads)")
 
         self._pub_distribution = self.create_publisher(PoseDistribution, "~/distribution", _RELIABLE_10)
         self._pub_distributions = self.create_publisher(PoseDistributionArray, "~/distributions", _RELIABLE_10)
@@ -339,37 +234,34 @@ class PoseDistributionNode(Node):
         self._tf = _TfPublisher(self)
 
         self._lock = threading.Lock()
+        self._throttle = _Throttle(ERROR_THROTTLE_S)
         self._camera_info: CameraInfo | None = None
-        self._depths: deque[Image] = deque(maxlen=DEPTH_BUFFER)  # newest last
+        self._depths = DepthBuffer(DEPTH_BUFFER)
+        self._pairer = StampPairer(PAIR_BUFFER)
+        self._gaps = transport.GapMonitor()
         self._latencies: deque[float] = deque(maxlen=100)  # image received -> outputs published (s)
         self._compute_times: deque[float] = deque(maxlen=100)  # frame taken from the slot -> published (s)
         self._done_times: deque[float] = deque(maxlen=100)
-        self._processed = 0
-        self._errors = 0
+        self._counts = {"processed": 0, "bad_inputs": 0, "dropped_boxes": 0, "rejected_boxes": 0,
+                        "rejected_camera_info": 0}  # fmt: skip
         self._last_error = ""
         self._slot = FrameSlot()
-        self._images: deque[tuple[Image, float]] = deque(maxlen=PAIR_BUFFER)  # use_detections: newest last
-        self._pending_detections: deque[Any] = deque()  # arrays that came before their image
-        self._unmatched_detections = 0
-        self._dropped_boxes = 0
+        image_qos = IMAGE_QOS[qos_name]
         if self._detection_type is not None:
             self.create_subscription(self._detection_type, "detections", self._on_detections, _RELIABLE_10)
-        self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos_profile_sensor_data)
-        self.create_subscription(Image, "depth", self._on_depth, qos_profile_sensor_data)
+        self.create_subscription(Image, "image", self._on_image, image_qos)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, image_qos)
+        self.create_subscription(Image, "depth", self._depths.add, image_qos)
         self.create_timer(1.0, self._publish_diagnostics)
 
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run_worker, name="pose_distribution_inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"ready: model on {self._model.device}, input {self._image_size} px, "
-            f"grid level {self._settings.target_level}; waiting for images on {self.resolve_topic_name('image')}"
-            + (
-                f" and detections on {self.resolve_topic_name('detections')}"
-                if self._detection_type is not None
-                else ""
-            )
+            f"ready: model on {model.device}, input {self._estimator.input_size} px, grid level "
+            f"{self._estimator.target_level}, image QoS {qos_name}; waiting for images on "
+            f"{self.resolve_topic_name('image')}"
+            + (f" and detections on {self.resolve_topic_name('detections')}" if self._detection_type else "")
         )
 
     # ------------------------------------------------------------------ start-up
@@ -386,136 +278,83 @@ class PoseDistributionNode(Node):
             ) from exc
         return Detection2DArray
 
-    def _parameter_values(self) -> dict[str, Any]:
-        return {p.name: p.value for p in self.get_parameters(_RUNTIME_PARAMETERS)}
-
-    def _settings_from(self, values: dict[str, Any]) -> Settings:
-        from pose_core import grids
-
-        if not str(values["object_frame_id"]):
-            raise ValueError("object_frame_id must not be empty")
-
-        level = max(3, grids.level_for_resolution(math.radians(float(values["mode_resolution_deg"]))))
-        return Settings(
-            object_frame_id=str(values["object_frame_id"]),
-            camera_frame_id=str(values["camera_frame_id"]),
-            num_samples=int(values["num_samples"]),
-            target_level=level,
-            publish_tf=bool(values["publish_tf"]),
-            nominal_distance_m=float(values["nominal_distance_m"]),
-            max_rate_hz=float(values["max_rate_hz"]),
-            detection_crop_scale=float(values["detection_crop_scale"]),
-            max_detections=int(values["max_detections"]),
-        )
+    def _runtime_values(self) -> dict[str, Any]:
+        return {p.name: p.value for p in self.get_parameters(parameters.runtime_names())}
 
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
-        values = self._parameter_values()
+        values = self._runtime_values()
         values.update({p.name: p.value for p in params if p.name in values})
         try:
-            settings = self._settings_from(values)
+            node_settings, estimator_settings = parameters.settings_from(values)
         except (ValueError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        self._settings = settings
+        self._node_settings = node_settings
+        self._estimator.settings = estimator_settings
         return SetParametersResult(successful=True)
 
-    def _load_model(self) -> tuple[Any, int]:
-        path = self._checkpoint
-        device = self.get_parameter("device").value
-        from pose_core.model import load_model, read_checkpoint, training_image_size
+    def _load_model(self, path: Path) -> Any:
+        from pose_core.model import load_model
 
+        device = self.get_parameter("device").value
         try:
             model = load_model(path, device=device)
-            trained_size = training_image_size(read_checkpoint(path))
-        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        except (FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as exc:
             raise StartupError(f"cannot load checkpoint {path} on device {device!r}: {exc}") from exc
-        size = int(self.get_parameter("image_size").value) or trained_size or FALLBACK_IMAGE_SIZE
-        self.get_logger().info(
-            f"loaded {path} ({model.config.encoder}, lmax {model.lmax}, trained on "
-            f"{f'{trained_size} px' if trained_size else 'an unrecorded image size'})"
-        )
-        return model, size
-
-    def _target_level(self, s: Settings) -> int:
-        """Coarse-to-fine target level: ``s.target_level``, never below the model's base level."""
-        return max(s.target_level, self._model.inference.base_level)
-
-    def _warm_up(self) -> None:
-        """One whole frame's work on a blank image (model, summary, messages), so that the first real
-        frame does not pay for building tables and caches."""
-        s, size = self._settings, self._image_size
-        t0 = time.perf_counter()
-        images = torch.zeros((1, 3, size, size), device=self._model.device)
-        dist = self._model.predict(images, target_level=self._target_level(s))
-        estimate = messages.from_distribution(
-            dist, camera.translation_from_nominal(s.nominal_distance_m), num_samples=s.num_samples
-        )
-        messages.pose_distribution_msg(estimate, Header(), s.object_frame_id)
-        self.get_logger().info(
-            f"warm-up inference: {1000 * (time.perf_counter() - t0):.0f} ms ({torch.get_num_threads()} torch threads)"
-        )
+        trained = f"{model.input_size} px" if model.input_size else "an unrecorded image size"
+        self.get_logger().info(f"loaded {path} ({model.config.encoder}, lmax {model.lmax}, trained on {trained})")
+        return model
 
     # ------------------------------------------------------------------ callbacks (executor thread)
     def _on_image(self, msg: Image) -> None:
         received = time.monotonic()
+        warning = self._gaps.add(stamp_ns(msg.header.stamp), received)
+        if warning:
+            self._log("transport", "warning", warning)
         if self._detection_type is None:
             self._slot.put((msg, received, None))
             return
-        with self._lock:
-            self._images.append((msg, received))
-            detections = self._take_matching(self._pending_detections, msg.header.stamp, lambda d: d.header.stamp)
+        detections = self._pairer.add_image(msg, received)
         if detections is not None:
             self._slot.put((msg, received, detections))
 
     def _on_detections(self, msg: Any) -> None:
-        with self._lock:
-            pair = self._take_matching(self._images, msg.header.stamp, lambda item: item[0].header.stamp)
-            older_than_images = bool(self._images) and _stamp_ns(msg.header.stamp) < _stamp_ns(
-                self._images[0][0].header.stamp
-            )
-            if pair is None:
-                self._pending_detections.append(msg)
-                while len(self._pending_detections) > PAIR_BUFFER:
-                    self._pending_detections.popleft()
-                    self._unmatched_detections += 1
-        if pair is None:
-            if older_than_images:
-                self.get_logger().warning(
-                    f"detections stamped {_stamp_ns(msg.header.stamp) * 1e-9:.6f} are older than every buffered "
-                    f"image (last {PAIR_BUFFER}); is the detector behind or on another clock?",
-                    throttle_duration_sec=ERROR_THROTTLE_S,
-                )
-            return
-        self._slot.put((pair[0], pair[1], msg))
-
-    @staticmethod
-    def _take_matching(buffer: deque, stamp: Any, stamp_of: Any) -> Any:
-        """Remove and return the item of ``buffer`` stamped exactly ``stamp`` (None if none)."""
-        want = _stamp_ns(stamp)
-        for item in buffer:
-            if _stamp_ns(stamp_of(item)) == want:
-                buffer.remove(item)
-                return item
-        return None
+        pair, older = self._pairer.add_detections(msg)
+        if pair is not None:
+            self._slot.put((pair[0], pair[1], msg))
+        elif older:
+            self._log(
+                "detections_late", "warning",
+                f"detections stamped {stamp_ns(msg.header.stamp) * 1e-9:.6f} are older than every buffered "
+                f"image (last {PAIR_BUFFER}); is the detector behind or on another clock?",
+            )  # fmt: skip
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        problem = camera_info_problem(msg)
+        if problem is not None:
+            with self._lock:
+                self._counts["rejected_camera_info"] += 1
+            kept = "keeping the last good one" if self._camera_info is not None else "none received yet"
+            self._bad_input("camera_info", f"camera_info rejected: {problem} ({kept})")
+            return
         self._camera_info = msg
-
-    def _on_depth(self, msg: Image) -> None:
-        self._depths.append(msg)
 
     def _publish_diagnostics(self) -> None:
         with self._lock:
             lat = sorted(self._latencies)
             compute = sorted(self._compute_times)
             done = list(self._done_times)
-            processed, errors, last_error = self._processed, self._errors, self._last_error
+            counts, last_error = dict(self._counts), self._last_error
         now = time.monotonic()
         rate = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else 0.0
-        status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=str(self._model.device))
+        status = DiagnosticStatus(name=f"{self.get_name()}: inference", hardware_id=str(self._estimator.model.device))
         if not done or now - done[-1] > 5.0:
             status.level, status.message = DiagnosticStatus.WARN, "no distribution published in the last 5 s"
         else:
             status.level, status.message = DiagnosticStatus.OK, f"{rate:.1f} Hz"
+        gaps = self._gaps.summary()
+        if gaps["received_fraction"] < transport.GapMonitor.WARN_FRACTION and status.level == DiagnosticStatus.OK:
+            status.level = DiagnosticStatus.WARN
+            status.message += f"; only {100 * gaps['received_fraction']:.0f} % of the camera's frames arrive"
 
         def pct(xs: list[float], q: float) -> str:
             return f"{1000 * xs[min(len(xs) - 1, int(q * len(xs)))]:.1f}" if xs else "nan"
@@ -523,14 +362,19 @@ class PoseDistributionNode(Node):
         status.values = [
             KeyValue(key="latency_ms_p50", value=pct(lat, 0.5)),  # received -> published, queueing included
             KeyValue(key="latency_ms_p90", value=pct(lat, 0.9)),
-            KeyValue(key="compute_ms_p50", value=pct(compute, 0.5)),  # inference + packing + publishing
+            KeyValue(key="compute_ms_p50", value=pct(compute, 0.5)),  # estimate + packing + publishing
             KeyValue(key="compute_ms_p90", value=pct(compute, 0.9)),
             KeyValue(key="rate_hz", value=f"{rate:.2f}"),
-            KeyValue(key="processed", value=str(processed)),
+            KeyValue(key="processed", value=str(counts["processed"])),
             KeyValue(key="dropped", value=str(self._slot.dropped)),
-            KeyValue(key="unmatched_detections", value=str(self._unmatched_detections)),
-            KeyValue(key="dropped_boxes", value=str(self._dropped_boxes)),
-            KeyValue(key="bad_inputs", value=str(errors)),
+            KeyValue(key="input_rate_hz", value=f"{gaps['input_rate_hz']:.2f}"),
+            KeyValue(key="camera_rate_hz", value=f"{gaps['camera_rate_hz']:.2f}"),
+            KeyValue(key="received_fraction", value=f"{gaps['received_fraction']:.3f}"),
+            KeyValue(key="unmatched_detections", value=str(self._pairer.unmatched)),
+            KeyValue(key="dropped_boxes", value=str(counts["dropped_boxes"])),
+            KeyValue(key="rejected_boxes", value=str(counts["rejected_boxes"])),
+            KeyValue(key="rejected_camera_info", value=str(counts["rejected_camera_info"])),
+            KeyValue(key="bad_inputs", value=str(counts["bad_inputs"])),
             KeyValue(key="last_error", value=last_error),
         ]
         self._pub_diagnostics.publish(
@@ -547,153 +391,120 @@ class PoseDistributionNode(Node):
             frame = self._slot.take(timeout=0.2)
             if frame is None:
                 continue
-            rate = self._settings.max_rate_hz
+            rate = self._node_settings.max_rate_hz
             next_start = time.monotonic() + (1.0 / rate if rate > 0 else 0.0)
             try:
                 self._process(*frame, started=time.monotonic())
             except ImageConversionError as exc:
-                self._bad_input(exc.kind, str(exc))
+                self._bad_input(f"image_{exc.kind}", f"bad image: {exc}")
             except Exception as exc:  # keep serving; the next frame may be fine
                 if self._stop.is_set() or not self.context.ok():
                     break  # shutting down: the publishers are gone
                 self._bad_input("other", f"inference failed: {type(exc).__name__}: {exc}")
 
-    def _bad_input(self, kind: str, text: str) -> None:
-        """Rate-limited error log, one limit per kind of problem (rclpy throttles per call site)."""
-        with self._lock:
-            self._errors += 1
-            self._last_error = text
+    def _log(self, kind: str, level: str, text: str) -> None:
+        """A log line at ``level``, at most one per :data:`ERROR_THROTTLE_S` per ``kind``."""
+        allow, held = self._throttle.allow(kind)
+        if not allow:
+            return
+        text += f" ({held} more like it not shown)" if held else ""
         log = self.get_logger()
-        if kind == "encoding":
-            log.error(f"bad image: {text}", throttle_duration_sec=ERROR_THROTTLE_S)
-        elif kind == "size":
-            log.error(f"bad image: {text}", throttle_duration_sec=ERROR_THROTTLE_S)
-        elif kind == "data":
-            log.error(f"bad image: {text}", throttle_duration_sec=ERROR_THROTTLE_S)
-        elif kind == "depth":
-            log.error(f"bad depth: {text}", throttle_duration_sec=ERROR_THROTTLE_S)
-        elif kind == "detection":
-            log.error(f"bad detection: {text}", throttle_duration_sec=ERROR_THROTTLE_S)
+        # one call site per severity: rclpy refuses a call site that changes severity
+        if level == "error":
+            log.error(text)
+        elif level == "warning":
+            log.warning(text)
         else:
-            log.error(text, throttle_duration_sec=ERROR_THROTTLE_S)
+            log.info(text)
 
-    def _camera_matrix(self, image: Image) -> Any:
-        """K ``(3, 3)`` from the latest CameraInfo when it matches the image size, else ``None``."""
+    def _bad_input(self, kind: str, text: str) -> None:
+        """Count a bad input and log it as an error (rate-limited per kind)."""
+        with self._lock:
+            self._counts["bad_inputs"] += 1
+            self._last_error = text
+        self._log(kind, "error", text)
+
+    def _camera_matrix(self, image: Image) -> list[float] | None:
+        """K (9 values) of the latest good CameraInfo when it matches the image size, else ``None``."""
         info = self._camera_info
-        if info is None or info.width != image.width or info.height != image.height or info.k[0] <= 0:
+        if info is None:
+            return None
+        if (info.width, info.height) != (image.width, image.height):
+            self._log("camera_info_size", "warning",
+                      f"camera_info is for {info.width}x{info.height} images but the image is "
+                      f"{image.width}x{image.height}: not used (no viewing-ray correction, no depth)")  # fmt: skip
             return None
         return list(info.k)
 
-    def _closest_depth(self, image: Image) -> tuple[Image | None, float]:
-        """The buffered depth image with the stamp nearest the image's, and that stamp difference (s)."""
-
-        t = _stamp_ns(image.header.stamp)
-
-        def skew(d: Image) -> float:
-            return 1e-9 * abs(_stamp_ns(d.header.stamp) - t)
-
-        depths = list(self._depths)
-        if not depths:
-            return None, math.inf
-        best = min(depths, key=skew)
-        return best, skew(best)
-
-    def _translation(self, image: Image, K: Any, region: tuple[int, int, int, int], distance: float) -> Any:
-        center = camera.region_center(region, image.width, image.height)
-        depth, skew = self._closest_depth(image)
-        if K is not None and depth is not None and (depth.width, depth.height) == (image.width, image.height):
-            if skew <= DEPTH_MAX_SKEW_S:
-                try:
-                    est = camera.translation_from_depth(K, depth_image_to_meters(depth), region)
-                except ImageConversionError as exc:
-                    self._bad_input("depth", str(exc))
-                    est = None
-                else:
-                    if est is None:
-                        self._bad_input(
-                            "depth",
-                            f"no valid depth (all NaN / 0) in region {region}; using nominal_distance_m = {distance}",
-                        )
-                if est is not None:
-                    return est
+    def _depth_for(self, image: Image, K: list[float] | None) -> Any:
+        """The aligned depth image (m) nearest ``image`` in time, or None (each reason logged)."""
+        depth, skew = self._depths.closest(image.header.stamp)
+        if depth is None:
+            return None
+        if skew > DEPTH_MAX_SKEW_S:
+            self._log("depth_skew", "warning",
+                      f"nearest depth image is {skew * 1000:.0f} ms from the colour image (more than "
+                      f"{DEPTH_MAX_SKEW_S * 1000:.0f} ms): not used")  # fmt: skip
+            return None
         if K is None:
-            return camera.translation_from_nominal(distance)
-        return camera.translation_from_nominal(distance, K, center)
-
-    def _crops(self, image: Image, rgb: Any, detections: Any) -> tuple[list[Any], list[Any], list[str]]:
-        """Model inputs ``(1, 3, S, S)``, crop regions and child frame ids of the objects in ``image``."""
-        s = self._settings
-        if detections is None:
-            x, region = camera.model_input(rgb, self._image_size)
-            return [x], [region], [s.object_frame_id]
-        boxes = messages.detection_boxes(detections)
-        if len(boxes) > s.max_detections:
-            with self._lock:
-                self._dropped_boxes += len(boxes) - s.max_detections
-            self.get_logger().warning(
-                f"{len(boxes)} detections, keeping the {s.max_detections} highest-scoring (max_detections)",
-                throttle_duration_sec=ERROR_THROTTLE_S,
-            )
-            boxes = boxes[: s.max_detections]
-        inputs, regions, frames = [], [], []
-        for box in boxes:
-            try:
-                region = camera.detection_region(box.center, box.size, s.detection_crop_scale)
-                inputs.append(camera.crop_input(rgb, region, self._image_size))
-            except ValueError as exc:
-                self._bad_input("detection", f"detection {box.index} (id {box.id!r}) skipped: {exc}")
-                continue
-            regions.append(region)
-            frames.append(f"{s.object_frame_id}_{box.frame_suffix}")
-        return inputs, regions, frames
+            self._log("depth_no_info", "warning", "depth image but no matching camera_info: depth not used")
+            return None
+        try:
+            return depth_image_to_meters(depth)
+        except ImageConversionError as exc:
+            self._bad_input("depth", f"bad depth: {exc}")
+            return None
 
     def _process(self, image: Image, received: float, detections: Any, started: float) -> None:
-        s = self._settings
+        ns = self._node_settings
         rgb = image_to_rgb(image)  # (H, W, 3) uint8; raises ImageConversionError
-        inputs, regions, frames = self._crops(image, rgb, detections)
-        header = Header(stamp=image.header.stamp, frame_id=s.camera_frame_id or image.header.frame_id)
-        msgs, estimates = [], []
-        if inputs:
-            dist = self._model.predict(torch.cat(inputs), target_level=self._target_level(s))  # batch len(inputs)
-            K = self._camera_matrix(image)
-            if K is None and detections is not None:
-                self.get_logger().warning(
-                    "no camera_info matching the image: detection crops are not corrected for their viewing ray "
-                    "and translations have no direction",
-                    throttle_duration_sec=ERROR_THROTTLE_S,
-                )
-            for i, (region, frame) in enumerate(zip(regions, frames, strict=True)):
-                correction = None
-                if K is not None:
-                    center = camera.region_center(region, image.width, image.height)
-                    correction = camera.crop_ray_rotation(K, center)
-                translation = self._translation(image, K, region, s.nominal_distance_m)
-                estimate = messages.from_distribution(
-                    dist,
-                    translation,
-                    index=i,
-                    num_samples=s.num_samples,
-                    generator=self._generator,
-                    correction=correction,
-                )
-                estimates.append(estimate)
-                msgs.append(messages.pose_distribution_msg(estimate, header, frame))
+        K = self._camera_matrix(image)
+        depth = self._depth_for(image, K)
+        boxes = None if detections is None else messages.detection_boxes(detections)
+        if boxes and K is None:
+            self._log("detections_no_info", "warning",
+                      "no camera_info matching the image: detection crops are not corrected for their viewing ray "
+                      "and translations have no direction")  # fmt: skip
+        frame = self._estimator.estimate(rgb, K, depth, boxes)
+        self._report(frame, len(boxes) if boxes is not None else 0)
 
+        header = Header(stamp=image.header.stamp, frame_id=ns.camera_frame_id or image.header.frame_id)
+        frames = [
+            ns.object_frame_id if o.box is None else f"{ns.object_frame_id}_{messages.frame_suffix(o.box, o.index)}"
+            for o in frame.objects
+        ]
+        msgs = [messages.pose_distribution_msg(o, header, f) for o, f in zip(frame.objects, frames, strict=True)]
         self._pub_distributions.publish(messages.pose_distribution_array_msg(header, msgs))
         if msgs:
+            first = frame.objects[0]
             self._pub_distribution.publish(msgs[0])
-            self._pub_pose.publish(messages.pose_with_covariance_msg(estimates[0], header))
-            self._pub_samples.publish(messages.pose_array_msg(estimates[0], header))
-            if s.publish_tf:
+            self._pub_pose.publish(messages.pose_with_covariance_msg(first, header))
+            self._pub_samples.publish(messages.pose_array_msg(first, header, samples=msgs[0].samples))
+            if ns.publish_tf:
                 self._tf.publish(
-                    [messages.transform_msg(e, header, frame) for e, frame in zip(estimates, frames, strict=True)]
+                    [messages.transform_msg(o, header, f) for o, f in zip(frame.objects, frames, strict=True)]
                 )
         done = time.monotonic()
         with self._lock:
-            self._processed += 1
+            self._counts["processed"] += 1
             self._latencies.append(done - received)
             self._compute_times.append(done - started)
             self._done_times.append(done)
+
+    def _report(self, frame: Any, num_boxes: int) -> None:
+        """Log and count what the estimator did not serve."""
+        for r in frame.rejected:
+            with self._lock:
+                self._counts["rejected_boxes"] += 1
+            self._bad_input("detection", f"bad detection: detection {r.index} (id {r.box.id!r}) skipped: {r.reason}")
+        if frame.dropped:
+            with self._lock:
+                self._counts["dropped_boxes"] += frame.dropped
+            keep = self._estimator.settings.max_detections
+            self._log("max_detections", "warning",
+                      f"{num_boxes} detections, keeping the {keep} highest-scoring (max_detections)")  # fmt: skip
+        for kind, text in frame.notes:
+            self._bad_input(kind, f"bad {kind}: {text}" if kind == "depth" else text)
 
     # ------------------------------------------------------------------ shutdown
     def stop(self) -> None:
@@ -704,12 +515,8 @@ class PoseDistributionNode(Node):
             self._worker.join(timeout=30.0)
 
 
-def _stamp_ns(stamp: Any) -> int:
-    """``builtin_interfaces/Time`` → integer nanoseconds (exact, for pairing messages by stamp)."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def main(args: list[str] | None = None) -> int:
+    transport.apply_default_profile()
     rclpy.init(args=args)
     node: PoseDistributionNode | None = None
     try:

@@ -57,7 +57,7 @@ def scene() -> dict[str, Any]:
     """A 480x160 image with a cube and a tetrahedron, their camera-frame rotations and symmetry sets."""
     import torch
 
-    from pose_core import camera, so3
+    from pose_core import crops, so3
     from pose_core.data import Camera, Renderer, get_shape
 
     renderer = Renderer(camera=Camera(width=PATCH, height=PATCH))
@@ -68,7 +68,7 @@ def scene() -> dict[str, Any]:
         shape = get_shape(name)
         u0, v0 = round(cu - (PATCH - 1) / 2), round(cv - (PATCH - 1) / 2)
         image[v0 : v0 + PATCH, u0 : u0 + PATCH] = renderer.render(shape.mesh, R_render)
-        R_ray = camera.ray_rotation(camera.pixel_ray(_k(), cu, cv)).numpy()
+        R_ray = crops.crop_ray_rotation(_k(), (cu, cv)).numpy()
         truths.append(R_ray @ R_render)
         equivalents.append(R_ray @ shape.equivalent_rotations(R_render))
     return {"image": image, "truths": truths, "equivalents": equivalents}
@@ -169,10 +169,10 @@ def test_uncorrected_crop_would_be_wrong(scene) -> None:
     """Guard for the test above: the 31 deg ray turn alone is more than the 15 deg it allows."""
     import torch
 
-    from pose_core import camera, so3
+    from pose_core import crops, so3
 
     for (cu, cv), R in zip(CENTERS, scene["truths"], strict=True):
-        R_ray = camera.ray_rotation(camera.pixel_ray(_k(), cu, cv))
+        R_ray = crops.crop_ray_rotation(_k(), (cu, cv))
         angle = math.degrees(so3.geodesic_distance(torch.eye(3, dtype=torch.float64), R_ray).item())
         assert angle > 30.0
         assert math.degrees(so3.geodesic_distance(torch.as_tensor(R), R_ray.T @ torch.as_tensor(R)).item()) > 30.0
@@ -225,9 +225,12 @@ def test_detection_boxes_order_and_frame_suffix() -> None:
             d.results = [h]
         return d
 
+    from pose_distribution_ros.messages import frame_suffix
+
     boxes = detection_boxes(
         Detection2DArray(detections=[det(None, "", 1.0), det(0.7, "a/b c", 2.0), det(0.7, "", 3.0)])
     )
-    assert [b.index for b in boxes] == [1, 2, 0]  # by score, stable for ties
-    assert [b.frame_suffix for b in boxes] == ["a_b_c", "2", "0"]
-    assert boxes[0].center == (2.0, 2.0) and boxes[0].size == (3.0, 4.0) and boxes[2].score == 0.0
+    assert [b.id for b in boxes] == ["", "a/b c", ""]  # message order; the estimator sorts by score (test_pipeline)
+    assert [frame_suffix(b, i) for i, b in enumerate(boxes)] == ["0", "a_b_c", "2"]
+    assert boxes[1].center == (2.0, 2.0) and boxes[1].size == (3.0, 4.0) and boxes[0].score == 0.0
+

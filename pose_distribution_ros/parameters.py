@@ -1,0 +1,132 @@
+"""The node's parameters, declared once from one table, and the settings they make.
+
+:data:`PARAMETERS` is the only place a parameter is named, defaulted, described and bounded;
+``config/pose_distribution.yaml`` repeats the defaults for users (a test checks they agree).
+Read-only parameters are fixed at start-up; the others may change at run time
+(``ros2 param set``), and :func:`settings_from` turns them into the node's :class:`NodeSettings`
+and the estimator's :class:`~pose_core.pipeline.EstimatorSettings` in one step, so that a bad
+value is refused whole and the running settings are swapped atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pose_core.pipeline import EstimatorSettings
+
+__all__ = ["Parameter", "PARAMETERS", "NodeSettings", "declare", "settings_from", "runtime_names"]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One node parameter: name, default (its type is the parameter's), description, bounds."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    min: float | None = None
+    max: float | None = None
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("checkpoint", "checkpoints/demo.pt",
+              "Model checkpoint (pose_core.save_checkpoint). Relative paths: working directory, repository, "
+              "then the package share directory.", read_only=True),
+    Parameter("device", "auto", "auto | cpu | cuda", read_only=True),
+    Parameter("image_size", 0,
+              "Side (px) each crop is resized to for the model; 0: the size the checkpoint was trained on "
+              "(recorded in it), or 224 when it does not say.", read_only=True, min=0, max=4096),
+    Parameter("torch_threads", 0,
+              "torch intra-op threads of the inference (torch.set_num_threads); 0: torch's default (one per "
+              "core). On a CPU shared with other busy processes, fewer threads than cores is often faster.",
+              read_only=True, min=0, max=1024),
+    Parameter("image_qos", "sensor_data",
+              "QoS of the image, depth and camera_info subscriptions: sensor_data (best effort, keep last 5: "
+              "matches every publisher, newest frames win) or reliable (keep last 5; only reliable publishers).",
+              read_only=True),
+    Parameter("use_detections", False,
+              "Subscribe to 'detections' (vision_msgs/Detection2DArray) and publish one distribution per box; "
+              "false: the whole image is one object.", read_only=True),
+    Parameter("object_frame_id", "object", "Child frame of the pose (TF, messages)."),
+    Parameter("camera_frame_id", "", "Frame of the outputs; empty: the input image's header.frame_id."),
+    Parameter("num_samples", 100, "Rotation samples per message.", min=1, max=100000),
+    Parameter("mode_resolution_deg", 1.875,
+              "Wanted resolution of the mode (deg): picks the coarse-to-fine target grid level (>= 3).",
+              min=0.1, max=60.0),
+    Parameter("publish_tf", True, "Publish camera frame -> object frame on /tf."),
+    Parameter("nominal_distance_m", 1.0,
+              "Assumed distance (m) along the viewing ray when there is no depth image; the published "
+              "covariance says it is a guess.", min=0.001, max=1000.0),
+    Parameter("max_rate_hz", 0.0,
+              "Most inferences per second; newer frames replace older ones meanwhile. 0: as fast as possible.",
+              min=0.0, max=1000.0),
+    Parameter("detection_crop_scale", 1.2,
+              "Crop side / a detection box's longer side (training renders fill about 1/1.2 of the frame).",
+              min=0.1, max=10.0),
+    Parameter("max_detections", 8, "Most boxes per image (highest score first); the rest are dropped and counted.",
+              min=1, max=256),
+    Parameter("max_crop_factor", 4.0,
+              "A detection box whose crop side exceeds this multiple of the image's longer side is rejected "
+              "(logged): a garbage box must not cost more than a frame.", min=1.0, max=100.0),
+)
+
+_BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What the node itself (not the estimator) does with run-time parameters."""
+
+    object_frame_id: str
+    camera_frame_id: str
+    publish_tf: bool
+    max_rate_hz: float
+
+
+def runtime_names() -> tuple[str, ...]:
+    """Names of the parameters that may change at run time."""
+    return tuple(p.name for p in PARAMETERS if not p.read_only)
+
+
+def declare(node: Any) -> None:
+    """Declare every parameter of :data:`PARAMETERS` on ``node`` (an ``rclpy.node.Node``)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    for p in PARAMETERS:
+        ranges: dict[str, Any] = {}
+        if p.min is not None and isinstance(p.default, bool):
+            raise AssertionError(f"{p.name}: a bool has no range")
+        if p.min is not None and isinstance(p.default, int):
+            ranges["integer_range"] = [IntegerRange(from_value=int(p.min), to_value=int(p.max), step=1)]
+        elif p.min is not None and isinstance(p.default, float):
+            ranges["floating_point_range"] = [FloatingPointRange(from_value=p.min, to_value=p.max, step=0.0)]
+        node.declare_parameter(
+            p.name, p.default, ParameterDescriptor(description=p.description, read_only=p.read_only, **ranges)
+        )
+
+
+def settings_from(values: dict[str, Any]) -> tuple[NodeSettings, EstimatorSettings]:
+    """Settings of the run-time parameter ``values`` (name -> value); ValueError naming a bad one."""
+    unknown = set(values) - set(_BY_NAME)
+    if unknown:
+        raise ValueError(f"unknown parameters: {sorted(unknown)}")
+    v = {name: values.get(name, _BY_NAME[name].default) for name in runtime_names()}
+    if not str(v["object_frame_id"]):
+        raise ValueError("object_frame_id must not be empty")
+    node = NodeSettings(
+        object_frame_id=str(v["object_frame_id"]),
+        camera_frame_id=str(v["camera_frame_id"]),
+        publish_tf=bool(v["publish_tf"]),
+        max_rate_hz=float(v["max_rate_hz"]),
+    )
+    estimator = EstimatorSettings(
+        target_level=EstimatorSettings.level_for_resolution(float(v["mode_resolution_deg"])),
+        num_samples=int(v["num_samples"]),
+        nominal_distance_m=float(v["nominal_distance_m"]),
+        detection_crop_scale=float(v["detection_crop_scale"]),
+        max_detections=int(v["max_detections"]),
+        max_crop_factor=float(v["max_crop_factor"]),
+    )
+    return node, estimator
