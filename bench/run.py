@@ -5,11 +5,13 @@
 
 Sections (conventions of :mod:`bench.common`; what each stage is: :mod:`bench.stages`):
 
-1. ``stages``: per-stage cost of a frame (image conversion, preprocessing, encoder, S²/SO(3)
-   head, coarse-to-fine distribution, summary, messages) for batches 1, 8, 32, with the shipped
-   checkpoint at its training size; ``raw_224``: the model on a 224 px input.
+1. ``stages``: per-stage cost of a frame through the node's estimator (image conversion, crops,
+   model, summary, translation, messages; the model split into encoder, S²/SO(3) head and
+   coarse-to-fine distribution) for 1 object (the whole image), 8 and 32 boxes, with the shipped
+   checkpoint at its input size; ``raw_224``: the model on a 224 px input.
 2. ``scaling``: against the mode resolution (target level 3-6), the model input size
-   (64-224 px) and the number of detections per image (1-8 crops as one batch).
+   (64-224 px), the number of detections per image (1-8 boxes, one batch) and the camera image
+   size (224x224 to 1920x1080).
 3. ``coarse_to_fine``: against the exhaustive level-5 search (``fourier.full_grid_argmax``),
    speed-up and mode agreement over rendered images.
 4. ``ros``: end to end through ROS 2 (:mod:`bench.ros_e2e`) at 15 and 30 Hz, with the shipped
@@ -103,10 +105,10 @@ def _fmt(t: dict[str, float]) -> str:
 
 def _print_tables(r: dict[str, Any]) -> None:
     print(f"\n== per-stage cost, {r['model']['encoder']} at {r['model']['image_size']} px, "
-          f"target level {r['model']['target_level']} (ms: p50 p90) ==")
+          f"target level {r['model']['target_level']}, 224x224 camera image (ms: p50 p90) ==")
     batches = [s["batch"] for s in r["stages"]]
-    print(f"{'stage':18s}" + "".join(f"{'B=' + str(b):>18s}" for b in batches))
-    for stage in (*stages.STAGES, "total"):
+    print(f"{'stage':18s}" + "".join(f"{'objects=' + str(b):>18s}" for b in batches))
+    for stage in (*stages.STAGES, *stages.MODEL_PARTS):
         print(f"{stage:18s}" + "".join(f"{_fmt(s[stage]):>18s}" for s in r["stages"]))
     raw = r["raw_224"]
     print(f"raw model at 224 px: encoder {raw['encoder']['p50_ms']:.1f} ms, head {raw['head']['p50_ms']:.1f} ms, "
@@ -114,16 +116,22 @@ def _print_tables(r: dict[str, Any]) -> None:
 
     print("\n== scaling: mode resolution (one image) ==")
     for row in r["scaling"]["levels"]:
-        print(f"level {row['level']} ({row['mode_resolution_deg']:.3f} deg): distribution "
-              f"{row['distribution']['p50_ms']:7.1f} ms, summary {row['summary']['p50_ms']:7.1f} ms")
+        print(f"level {row['level']} ({row['mode_resolution_deg']:.3f} deg): model "
+              f"{row['model']['p50_ms']:7.1f} ms, summary {row['summary']['p50_ms']:7.1f} ms, estimate "
+              f"{row['estimate']['p50_ms']:7.1f} ms")
     print("== scaling: model input size (one image) ==")
     for row in r["scaling"]["image_size"]:
         print(f"{row['input_px']:4d} px: encoder {row['encoder']['p50_ms']:7.1f} ms, head "
               f"{row['head']['p50_ms']:6.1f} ms, predict {row['predict']['p50_ms']:7.1f} ms")
     print("== scaling: detections per image ==")
     for row in r["scaling"]["detections"]:
-        print(f"{row['detections']} crops: frame {row['frame']['p50_ms']:7.1f} ms "
-              f"({row['per_detection_ms']:.1f} ms per detection)")
+        print(f"{row['detections']} boxes: frame {row['frame']['p50_ms']:7.1f} ms "
+              f"({row['per_detection_ms']:.1f} ms per detection, {row['ratio_to_one']:.2f}x one box)")
+    print("== scaling: camera image size (whole image; image conversion + estimate + messages) ==")
+    for row in r["scaling"]["camera_sizes"]:
+        print(f"{row['width']}x{row['height']}: image conversion {row['image_conversion']['p50_ms']:6.2f} ms, "
+              f"crops {row['crops']['p50_ms']:6.2f} ms, estimate {row['estimate']['p50_ms']:6.1f} ms, total "
+              f"{row['total']['p50_ms']:6.1f} ms")
 
     c = r["coarse_to_fine"]
     print(f"\n== coarse-to-fine vs full level-{c['level']} grid ({c['cells']:,} cells), batch {c['timing_batch']} ==")
@@ -131,7 +139,8 @@ def _print_tables(r: dict[str, Any]) -> None:
           f"(speed-up {c['speedup']:.0f}x) | precomputed matrix {c['precomputed_matrix_ms']:.0f} ms "
           f"(speed-up {c['speedup_vs_precomputed_matrix']:.1f}x)")
     print(f"mode agreement over {c['images']} images: within one cell {c['mode_agreement']:.3f}, same cell "
-          f"{c['same_cell']:.3f}, equal log-density {c['value_agreement']:.3f}, max angle {c['max_angle_deg']:.2f} deg")
+          f"{c['same_cell']:.3f}, equal log-density {c['value_agreement']:.3f}, max angle {c['max_angle_deg']:.2f} deg "
+          f"(without the hill climb: within one cell {c['mode_agreement_without_climb']:.3f})")
 
     print("\n== end to end through ROS 2 (224x224 rgb8, latency = receive time - image stamp) ==")
     print(f"node start-up {r['ros']['startup_s']:.1f} s")
@@ -166,12 +175,12 @@ def _plot(levels: list[dict[str, Any]], path: Path, title: str) -> None:
 
     res = [row["mode_resolution_deg"] for row in levels]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for key, label in (("distribution", "coarse-to-fine distribution"), ("summary", "summary (pose_estimate)")):
+    for key, label in (("model", "model (encoder, head, coarse-to-fine)"), ("summary", "summary")):
         p50 = [row[key]["p50_ms"] for row in levels]
         p90 = [row[key]["p90_ms"] for row in levels]
         ax.plot(res, p50, "o-", label=f"{label} p50")
         ax.fill_between(res, p50, p90, alpha=0.2)
-    total = [row["distribution"]["p50_ms"] + row["summary"]["p50_ms"] for row in levels]
+    total = [row["model"]["p50_ms"] + row["summary"]["p50_ms"] for row in levels]
     ax.plot(res, total, "s--", color="k", label="sum p50")
     for row, t in zip(levels, total, strict=True):
         ax.annotate(f"L{row['level']}", (row["mode_resolution_deg"], t), textcoords="offset points", xytext=(4, 4))
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-ros", action="store_true", help="leave out the ROS 2 section")
     args = parser.parse_args(argv)
 
-    from pose_core.model import load_model, read_checkpoint, resolve_device, training_image_size
+    from pose_core.model import load_model, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -224,11 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     q = args.quick
     model = load_model(args.checkpoint, device=device)
-    image_size = training_image_size(read_checkpoint(args.checkpoint)) or 224
-    n_images = 3 if q else 50
+    n_images = 3 if q else 200  # 200 for the mode agreement; the timings use the first ones
     images, _, names, K = common.render_images(n_images)
-    setup = stages.Setup(model=model, device=device, image_size=image_size, images=images, K=K,
+    setup = stages.Setup(model=model, device=device, images=images, K=K,
                          repeats=3 if q else 30, warmup=1 if q else 3, quick=q)
+    image_size = setup.image_size
     result["model"] = {"checkpoint": str(args.checkpoint), "encoder": model.config.encoder, "lmax": model.lmax,
                        "image_size": image_size, "target_level": setup.target_level,
                        "torch_threads": torch.get_num_threads()}
@@ -242,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "levels": stages.scaling_levels(setup),
         "image_size": stages.scaling_image_size(setup),
         "detections": stages.scaling_detections(setup),
+        "camera_sizes": stages.camera_sizes(setup),
     }
     print("[bench] coarse-to-fine vs full grid", flush=True)
     result["coarse_to_fine"] = stages.coarse_to_fine_vs_full_grid(setup, num_images=n_images)

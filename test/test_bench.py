@@ -51,8 +51,8 @@ def test_benchmark_suite_quick(tmp_path):
 
     assert [s["batch"] for s in r["stages"]] == [1, 8, 32]
     for s in r["stages"]:
-        for stage in ("image_conversion", "preprocessing", "encoder", "head", "distribution", "summary",
-                      "messages", "total"):
+        for stage in ("image_conversion", "crops", "model", "summary", "translation", "estimate", "messages",
+                      "total", "encoder", "head", "distribution"):
             _timing(s[stage])
         assert s["memory"]["peak_rss_mb"] > 0
     for key in ("encoder", "head", "predict"):
@@ -60,10 +60,16 @@ def test_benchmark_suite_quick(tmp_path):
     assert [row["level"] for row in r["scaling"]["levels"]] == [3, 4, 5, 6]
     assert [row["input_px"] for row in r["scaling"]["image_size"]] == [64, 96, 128, 224]
     assert [row["detections"] for row in r["scaling"]["detections"]] == [1, 2, 4, 8]
+    assert r["scaling"]["detections"][0]["ratio_to_one"] == 1.0
+    sizes = [(row["width"], row["height"]) for row in r["scaling"]["camera_sizes"]]
+    assert sizes == [(224, 224), (640, 480), (1280, 720), (1920, 1080)]
+    for row in r["scaling"]["camera_sizes"]:
+        _timing(row["estimate"])
 
     assert isinstance(r["coarse_to_fine_speedup"], float) and r["coarse_to_fine_speedup"] > 0
     assert isinstance(r["coarse_to_fine_speedup_vs_precomputed_matrix"], float)
     assert 0.0 <= r["mode_agreement"] <= 1.0
+    assert 0.0 <= r["coarse_to_fine"]["mode_agreement_without_climb"] <= 1.0
     assert r["coarse_to_fine"]["images"] >= 2
 
     lat = r["node_latency_ms"]
