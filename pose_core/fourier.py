@@ -25,6 +25,7 @@ __all__ = [
     "cache_dir",
     "cell_flat_wigner",
     "evaluate_cells",
+    "evaluate_children",
     "evaluate_grid",
     "evaluate_rotations",
     "grid_flat_wigner",
@@ -200,6 +201,31 @@ def evaluate_cells(coeffs: torch.Tensor, level: int, index: torch.Tensor, lmax: 
     rows = torch.arange(H.shape[0], device=index.device)[:, None] * n_psi
     Hk = H.reshape(-1, H.shape[-1])[k + rows]  # (B, M, so3_dim)
     return (P * Hk).sum(-1)
+
+
+def evaluate_children(coeffs: torch.Tensor, level: int, parents: torch.Tensor, lmax: int) -> torch.Tensor:
+    """Signal values ``(B, 8 k)`` at the children (level ``level + 1``, in :func:`pose_core.grids.children`
+    order) of the level-``level`` cells ``parents`` ``(B, k)``.
+
+    The 8 children of a cell are 4 pixels times 2 in-plane angles, so their values are a
+    ``(4, so3_dim) @ (so3_dim, 2)`` product of 4 pixel rows and 2 in-plane rows per parent
+    (:func:`evaluate_cells` gathers 8 of each): half the memory traffic, one batched product.
+    """
+    if parents.dim() != 2 or parents.shape[0] != coeffs.shape[0]:
+        raise ValueError(f"parents must have shape ({coeffs.shape[0]}, k), got {tuple(parents.shape)}")
+    B, k = parents.shape
+    n_psi = 6 * 2**level
+    pix = torch.div(parents, n_psi, rounding_mode="floor")
+    kk = parents - pix * n_psi
+    child_pix = 4 * pix[..., None] + torch.arange(4, device=parents.device)  # (B, k, 4)
+    child_k = 2 * kk[..., None] + torch.arange(2, device=parents.device)  # (B, k, 2)
+    P = _pixel_flat(level + 1, lmax, coeffs.dtype, str(coeffs.device)).index_select(0, child_pix.reshape(-1))
+    H = _inplane_products(coeffs, level + 1, lmax)  # (B, 2 n_psi, so3_dim)
+    rows = torch.arange(B, device=parents.device)[:, None, None] * (2 * n_psi)
+    Hk = H.reshape(-1, H.shape[-1]).index_select(0, (child_k + rows).reshape(-1))
+    D = H.shape[-1]
+    f = torch.bmm(P.reshape(B * k, 4, D), Hk.reshape(B * k, 2, D).transpose(1, 2))  # (B k, 4, 2)
+    return f.reshape(B, 8 * k)
 
 
 @functools.lru_cache(maxsize=32)

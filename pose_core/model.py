@@ -107,6 +107,9 @@ class ImageToSphere(nn.Module):
         #: Side (px) of the square images the model was trained on; ``None``: unknown (``predict``
         #: then uses images as given). Set by training, stored in and read from checkpoints.
         self.input_size: int | None = None
+        #: ``None``: the network runs in PyTorch; else a callable images -> coefficients that
+        #: ``predict`` uses instead (:meth:`use_backend`).
+        self.network_backend: Any = None
         self.float()
 
     @property
@@ -123,6 +126,31 @@ class ImageToSphere(nn.Module):
             raise ValueError(f"images must be a float tensor (B, 3, H, W) RGB in [0, 1], got {shape}")
         if not images.is_floating_point():
             raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+
+    @property
+    def backend(self) -> str:
+        """``"torch"`` or ``"onnxruntime"``: what runs the network in :meth:`predict`."""
+        return "torch" if self.network_backend is None else "onnxruntime"
+
+    def use_backend(self, name: str, threads: int = 0) -> ImageToSphere:
+        """Run the network of :meth:`predict` in ``name``: ``"torch"``, ``"onnxruntime"`` (CPU; exported
+        once from the current weights, :mod:`pose_core.onnx_backend`) or ``"auto"`` (onnxruntime for a
+        CPU model with a known input size when it imports, else torch). Training and ``forward``
+        always use torch. Returns ``self``."""
+        if name == "auto":
+            from pose_core import onnx_backend
+
+            cpu = self.device.type == "cpu"
+            name = "onnxruntime" if cpu and self.input_size and onnx_backend.available() else "torch"
+        if name == "torch":
+            self.network_backend = None
+        elif name == "onnxruntime":
+            from pose_core.onnx_backend import OnnxRuntimeNetwork
+
+            self.network_backend = OnnxRuntimeNetwork(self, threads=threads)
+        else:
+            raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {name!r}")
+        return self
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder features ``(B, C_enc, h, w)`` → SO(3) coefficients ``(B, so3_dim)``."""
@@ -172,8 +200,10 @@ class ImageToSphere(nn.Module):
             images = preprocess.resize(images, size)
         elif images.dtype == torch.uint8:
             images = images.to(torch.float32).div_(255.0)
-        images = images.to(self.device)
-        coeffs = self(images)
+        if self.network_backend is not None:
+            coeffs = self.network_backend(images.to(torch.float32))
+        else:
+            coeffs = self(images.to(self.device))
         return SO3Distribution.from_fourier(
             coeffs,
             self.lmax,

@@ -228,17 +228,23 @@ def quat_conjugate(q: torch.Tensor) -> torch.Tensor:
     return torch.cat((-q[..., :3], q[..., 3:]), dim=-1)
 
 
-def quat_to_rotvec(q: torch.Tensor) -> torch.Tensor:
-    """Unit quaternion ``(..., 4)`` (either sign) to rotation vector ``(..., 3)`` with angle in ``[0, pi]``."""
-    _check_trailing(q, (4,), "q")
-    w = q[..., 3]
+def quat_to_rotvec(q: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Unit quaternion ``(..., 4)`` (either sign) to rotation vector ``(..., 3)`` with angle in ``[0, pi]``.
+
+    ``dim``: the dimension holding ``(x, y, z, w)`` (and then ``(x, y, z)`` of the result); another
+    than the last suits many quaternions stored component by component, ``(B, 4, N)``.
+    """
+    if q.shape[dim] != 4:
+        raise ValueError(f"q must have 4 entries along dim {dim}, got shape {tuple(q.shape)}")
+    w = q.narrow(dim, 3, 1)
     sign = torch.where(w < 0, -2.0, 2.0).to(q.dtype)  # use the sign with w >= 0: angle 2*atan2(|v|, |w|) in [0, pi]
     w = w.abs()
-    v = q[..., :3]
-    n = torch.linalg.vector_norm(v, dim=-1)
+    v = q.narrow(dim, 0, 3)
+    x, y, z = (q.narrow(dim, i, 1) for i in range(3))
+    n = torch.sqrt(x * x + y * y + z * z)  # element-wise: a norm reduction over a strided dim is slow
     half_angle = torch.atan2(n, w)
     scale = torch.where(n < 1e-7, 1 / w.clamp_min(1e-12), half_angle / n.clamp_min(1e-30)) * sign
-    return v * scale[..., None]
+    return v * scale
 
 
 def matrix_to_rotvec(R: torch.Tensor) -> torch.Tensor:

@@ -221,6 +221,13 @@ class PoseDistributionNode(Node):
         self._node_settings, estimator_settings = parameters.settings_from(self._runtime_values())
         model = self._load_model(checkpoint)
         size = int(self.get_parameter("image_size").value) or None
+        if size is not None:
+            model.input_size = size  # the crops and the exported network agree on it
+        backend = str(self.get_parameter("backend").value)
+        try:
+            model.use_backend(backend, threads=threads)
+        except (RuntimeError, ValueError) as exc:
+            raise StartupError(f"backend {backend!r}: {exc}") from exc
         self._estimator = PoseEstimator(model, estimator_settings, input_size=size)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         warm_ms = self._estimator.warm_up()
@@ -258,7 +265,7 @@ class PoseDistributionNode(Node):
         self._worker = threading.Thread(target=self._run_worker, name="pose_distribution_inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"ready: model on {model.device}, input {self._estimator.input_size} px, grid level "
+            f"ready: model on {model.device} ({model.backend}), input {self._estimator.input_size} px, grid level "
             f"{self._estimator.target_level}, image QoS {qos_name}; waiting for images on "
             f"{self.resolve_topic_name('image')}"
             + (f" and detections on {self.resolve_topic_name('detections')}" if self._detection_type else "")

@@ -90,3 +90,22 @@ def test_top_mode_cells_marks_missing_modes():
     assert int(cells[0, 0]) == 5 and float(mass[0, 0]) == pytest.approx(1.0)
     rots, _ = dist.top_modes(k=3)
     torch.testing.assert_close(rots[0, 1:], torch.eye(3).expand(2, 3, 3))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("level", [2, 4])
+def test_per_row_cells_and_children_match_the_flat_basis(dtype, tol, level):
+    """evaluate_cells (per-row cells) and evaluate_children against the plain flat Wigner-D product."""
+    gen = torch.Generator().manual_seed(level)
+    coeffs = torch.randn(3, 455, generator=gen, dtype=dtype)
+    cells = torch.randint(0, grids.num_cells(level + 1), (3, 50), generator=gen)
+    plain = torch.einsum("bd,bmd->bm", coeffs, fourier.cell_flat_wigner(level + 1, cells, 6, dtype))
+    scale = plain.abs().max().item()
+    torch.testing.assert_close(fourier.evaluate_cells(coeffs, level + 1, cells, 6), plain, atol=tol * scale, rtol=0)
+    parents = torch.randint(0, grids.num_cells(level), (3, 7), generator=gen)
+    children = grids.children(parents, level).reshape(3, 56)
+    plain = torch.einsum("bd,bmd->bm", coeffs, fourier.cell_flat_wigner(level + 1, children, 6, dtype))
+    got = fourier.evaluate_children(coeffs, level, parents, 6)
+    torch.testing.assert_close(got, plain, atol=tol * plain.abs().max().item(), rtol=0)
+    with pytest.raises(ValueError, match="parents must have shape"):
+        fourier.evaluate_children(coeffs, level, parents[:2], 6)
