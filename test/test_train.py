@@ -107,3 +107,10 @@ def test_checkpoint_resume_and_evaluate(tmp_path):
         assert set(evaluate_mod.GROUP_KEYS) <= set(g)
         assert 0.0 <= g["acc@15"] <= 1.0 and 0.0 <= g["median_deg"] <= 180.0
     assert len(list((tmp_path / "plots").glob("*.png"))) == 1
+
+
+def test_max_seconds_stops_with_a_checkpoint_that_knows_its_input(tmp_path):
+    cfg = _cfg(tmp_path, "data.size=2", "max_steps=1000", "max_seconds=0", "eval.every=null", "checkpoint_every=null")
+    out = run(cfg)
+    assert out["step"] == 0 and Path(out["checkpoint"]).is_file()
+    assert load_model(out["checkpoint"]).input_size == 32  # data.image_size, recorded for predict

@@ -132,7 +132,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    """One training run. ``epochs`` or ``max_steps`` (the smaller bound wins when both are set)."""
+    """One training run. ``epochs`` or ``max_steps`` (the smaller bound wins when both are set);
+    ``max_seconds`` also stops it (wall time of this run, with a final evaluation and checkpoint)."""
 
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,6 +143,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     epochs: int | None = 40
     max_steps: int | None = None
+    max_seconds: float | None = None
     batch_size: int = 64
     amp: str = "none"
     device: str = "auto"

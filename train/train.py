@@ -319,6 +319,11 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
         for batch in loader:
             if step >= total:
                 break
+            if cfg.max_seconds is not None and time.time() - wall_start >= cfg.max_seconds:
+                total = step  # the time budget is spent: stop here, evaluate and save as at the end
+                if is_main:
+                    print(f"max_seconds {cfg.max_seconds:g} reached at step {step}", flush=True)
+                break
             images = batch["image"].to(device, non_blocking=True)
             rotations = batch["rotation"].to(device, non_blocking=True)
             loss = _loss(ddp_model, model, images, rotations, amp_dtype if use_amp else None)
