@@ -200,7 +200,11 @@ def image_to_rgb(msg: Any) -> np.ndarray:
 
 
 def depth_image_to_meters(msg: Any) -> np.ndarray:
-    """Depth ``sensor_msgs/Image`` (``16UC1`` mm or ``32FC1`` m) → ``(H, W)`` float32 metres, NaN where no data.
+    """Depth ``sensor_msgs/Image`` (``16UC1`` mm or ``32FC1`` m) → ``(H, W)`` float32 metres.
+
+    Values that are no measurement (0, NaN, +-inf, negative) are kept as they are:
+    :mod:`pose_core.pinhole` is the one place that decides what a valid depth is, and can then
+    say what the invalid ones were.
 
     Raises:
         ImageConversionError: as :func:`image_to_numpy`, or a non-depth encoding.
@@ -209,9 +213,5 @@ def depth_image_to_meters(msg: Any) -> np.ndarray:
         raise ImageConversionError(f"depth image must be 16UC1 (mm) or 32FC1 (m), got {msg.encoding!r}", "encoding")
     arr = image_to_numpy(msg)
     if msg.encoding == "16UC1":
-        out = arr.astype(np.float32) / 1000.0
-        out[arr == 0] = np.nan
-        return out
-    out = arr.astype(np.float32, copy=True)
-    out[~np.isfinite(out) | (out <= 0)] = np.nan
-    return out
+        return arr.astype(np.float32) / 1000.0
+    return arr.astype(np.float32, copy=True)

@@ -61,8 +61,6 @@ from pose_distribution_ros.pairing import DepthBuffer, FrameSlot, StampPairer, s
 
 NODE_NAME = "pose_distribution"
 PACKAGE = "pose_distribution"
-#: Seconds between two log lines of the same kind of bad input.
-ERROR_THROTTLE_S = 5.0
 #: Depth images whose stamp is further than this from the colour image's are not used (s).
 DEPTH_MAX_SKEW_S = 0.1
 #: Depth images kept to pair with colour images by stamp.
@@ -241,7 +239,7 @@ class PoseDistributionNode(Node):
         self._tf = _TfPublisher(self)
 
         self._lock = threading.Lock()
-        self._throttle = _Throttle(ERROR_THROTTLE_S)
+        self._throttle = _Throttle(float(self.get_parameter("log_throttle_s").value))
         self._camera_info: CameraInfo | None = None
         self._depths = DepthBuffer(DEPTH_BUFFER)
         self._pairer = StampPairer(PAIR_BUFFER)
@@ -410,7 +408,7 @@ class PoseDistributionNode(Node):
                 self._bad_input("other", f"inference failed: {type(exc).__name__}: {exc}")
 
     def _log(self, kind: str, level: str, text: str) -> None:
-        """A log line at ``level``, at most one per :data:`ERROR_THROTTLE_S` per ``kind``."""
+        """A log line at ``level``, at most one per ``log_throttle_s`` per ``kind``."""
         allow, held = self._throttle.allow(kind)
         if not allow:
             return
@@ -513,6 +511,19 @@ class PoseDistributionNode(Node):
         for kind, text in frame.notes:
             self._bad_input(kind, f"bad {kind}: {text}" if kind == "depth" else text)
 
+    def report_transport(self, profile: Path | None) -> None:
+        """Say at start which Fast DDS profile the node runs with, and what would cap it."""
+        import os
+
+        if profile is not None:
+            self.get_logger().info(f"Fast DDS profile {profile} (large camera images over loopback UDP)")
+            problem = transport.socket_buffer_problem()
+            if problem:
+                self.get_logger().warning(problem)
+        else:
+            chosen = next((os.environ[v] for v in transport.PROFILE_VARIABLES if os.environ.get(v)), None)
+            self.get_logger().info(f"Fast DDS profile: {chosen or 'none (POSE_DISTRIBUTION_FASTDDS_PROFILE=0)'}")
+
     # ------------------------------------------------------------------ shutdown
     def stop(self) -> None:
         """Stop the worker thread (waits for the inference in progress)."""
@@ -523,11 +534,12 @@ class PoseDistributionNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    transport.apply_default_profile()
+    profile = transport.apply_default_profile()
     rclpy.init(args=args)
     node: PoseDistributionNode | None = None
     try:
         node = PoseDistributionNode()
+        node.report_transport(profile)
         rclpy.spin(node)
     except (StartupError, ParameterException, ValueError) as exc:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")

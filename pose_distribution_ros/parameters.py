@@ -50,6 +50,10 @@ PARAMETERS: tuple[Parameter, ...] = (
               "QoS of the image, depth and camera_info subscriptions: sensor_data (best effort, keep last 5: "
               "matches every publisher, newest frames win) or reliable (keep last 5; only reliable publishers).",
               read_only=True),
+    Parameter("log_throttle_s", 5.0,
+              "Seconds between two log lines of the same kind of problem (bad input, lost frames); the "
+              "lines held back are counted in the next one and every problem in /diagnostics.",
+              read_only=True, min=0.0, max=3600.0),
     Parameter("use_detections", False,
               "Subscribe to 'detections' (vision_msgs/Detection2DArray) and publish one distribution per box; "
               "false: the whole image is one object.", read_only=True),

@@ -1,10 +1,12 @@
 """Camera streams that arrive whole: the shipped Fast DDS profile, and a monitor for frames lost in transport.
 
 Large images (a 640x480 rgb8 frame is 0.9 MB) do not fit the default shared-memory segment of Fast
-DDS, so between two processes on one host they go over UDP in fragments; with a best-effort
-subscription, any lost fragment loses the frame, silently. :func:`apply_default_profile` points
-Fast DDS at ``config/fastdds.xml`` (see there) unless the user has chosen a profile;
-:class:`GapMonitor` tells, from the stamps of the frames that do arrive, how many do not.
+DDS, so between two processes on one host they go over UDP in fragments, and the default socket
+buffer overflows: a best-effort subscription loses almost every frame, silently.
+:func:`apply_default_profile` points the node's Fast DDS at ``config/fastdds.xml`` (why and what
+it does: see there) unless the user has chosen a profile; :func:`socket_buffer_problem` says
+when the kernel would cap its buffer; :class:`GapMonitor` tells, from the stamps of the frames
+that do arrive, how many do not.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import threading
 from collections import deque
 from pathlib import Path
 
-__all__ = ["PROFILE_VARIABLES", "default_profile", "apply_default_profile", "GapMonitor"]
+__all__ = ["PROFILE_VARIABLES", "RECEIVE_BUFFER", "default_profile", "apply_default_profile",
+           "socket_buffer_problem", "GapMonitor"]
+
+#: Socket receive buffer (bytes) of the shipped profile.
+RECEIVE_BUFFER = 4 * 2**20
+SYSCTL_FIX = "sudo sysctl -w net.core.rmem_max=4194304 net.core.wmem_max=4194304"
 
 #: Environment variables through which Fast DDS reads an XML profile (either may be set).
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
@@ -47,6 +54,18 @@ def apply_default_profile(environ: dict[str, str] | None = None) -> Path | None:
     if profile is not None:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
     return profile
+
+
+def socket_buffer_problem(path: str = "/proc/sys/net/core/rmem_max") -> str | None:
+    """Why the profile's 4 MiB receive buffer would be capped (``net.core.rmem_max`` lower), or None."""
+    try:
+        limit = int(open(path).read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if limit >= RECEIVE_BUFFER:
+        return None
+    return (f"net.core.rmem_max is {limit} bytes: the kernel caps the 4 MiB socket buffer of the Fast DDS profile, "
+            f"and large camera frames may be lost. Raise it once, as root: {SYSCTL_FIX}")
 
 
 class GapMonitor:
@@ -87,9 +106,9 @@ class GapMonitor:
             return (
                 f"only about {100 * s['received_fraction']:.0f} % of the camera's frames arrive (stamps every "
                 f"{1000 / s['input_rate_hz']:.0f} ms on average, camera period {1000 / s['camera_rate_hz']:.0f} ms): "
-                "frames are lost in transport. Use the shipped Fast DDS profile for the camera driver too "
-                "(export FASTDDS_DEFAULT_PROFILES_FILE=<share>/config/fastdds.xml), or image_qos:=reliable "
-                "with a reliable publisher; see docs/ROS2_BARE_MACHINE.md"
+                "frames are lost in transport. The node's Fast DDS profile (config/fastdds.xml, in "
+                "FASTDDS_DEFAULT_PROFILES_FILE) fixes it on one host; check net.core.rmem_max >= 4194304 "
+                f"({SYSCTL_FIX}), or use image_qos:=reliable with a reliable publisher; see docs/ROS2_BARE_MACHINE.md"
             )
         return None
 

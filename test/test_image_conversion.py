@@ -87,12 +87,15 @@ def test_colour_to_rgb() -> None:
 def test_depth_to_meters() -> None:
     mm = np.array([[0, 1000], [1500, 65535]], np.uint16)
     m = depth_image_to_meters(numpy_to_image(mm, "16UC1"))
-    assert np.isnan(m[0, 0])
+    assert m[0, 0] == 0.0  # no measurement, kept: pose_core.pinhole.valid_depths drops it
     np.testing.assert_allclose(m[0, 1:], [1.0])
     np.testing.assert_allclose(m[1], [1.5, 65.535], rtol=1e-6)
     f = np.array([[np.nan, 2.0], [0.0, np.inf]], np.float32)
     out = depth_image_to_meters(_raw(f, "32FC1", pad=2, big=True))
-    assert out[0, 1] == 2.0 and np.isnan(out[[0, 1, 1], [0, 0, 1]]).all()
+    assert out[0, 1] == 2.0 and np.isnan(out[0, 0]) and out[1, 0] == 0.0 and np.isinf(out[1, 1])
+    from pose_core.pinhole import valid_depths
+
+    assert valid_depths(out).tolist() == [2.0]
     with pytest.raises(ImageConversionError, match="16UC1 .*32FC1.*'rgb8'"):
         depth_image_to_meters(numpy_to_image(_random("rgb8"), "rgb8"))
 
