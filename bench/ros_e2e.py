@@ -37,15 +37,20 @@ class NodeUnderTest:
     """The node child process and this process's publisher/subscriber; use as a context manager.
 
     Args:
-        images: ``[(224, 224, 3) uint8]`` frames, published in turn.
+        images: ``[(H, W, 3) uint8]`` frames, published in turn.
         K: ``(3, 3)`` intrinsics sent as ``camera_info``.
         checkpoint: path given to the node.
         device: the node's ``device`` parameter.
         omp_threads: ``OMP_NUM_THREADS`` of the node (torch's intra-op threads); 0: torch's default.
+        node_params: more ``name:=value`` parameters of the node.
+        env: more environment of the node (e.g. ``POSE_DISTRIBUTION_FASTDDS_PROFILE=0``).
+        reliable: publish images with reliable QoS (else sensor data, as most camera drivers).
+        publisher_env: environment of this (publishing) process's participant, e.g. a Fast DDS profile.
     """
 
     def __init__(self, images: list[np.ndarray], K: np.ndarray, checkpoint: Path, device: str = "cpu",
-                 omp_threads: int = 0):
+                 omp_threads: int = 0, node_params: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 reliable: bool = False, publisher_env: dict[str, str] | None = None):
         sys.path.insert(0, str(REPO / "test"))
         from ros_helpers import random_domain_id, ros_env
 
@@ -57,8 +62,11 @@ class NodeUnderTest:
         else:
             self.env.pop("OMP_NUM_THREADS", None)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p)
+        self.env.update(env or {})
         self.images, self.K = images, K
         self.checkpoint, self.device = checkpoint, device
+        self.node_params, self.reliable = tuple(node_params), reliable
+        self.publisher_env = dict(publisher_env or {})
         self.log_path = Path(self._log_dir.name) / "node.log"
         self.proc: subprocess.Popen[Any] | None = None
         self.startup_s = float("nan")
@@ -75,11 +83,15 @@ class NodeUnderTest:
 
         for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION"):
             os.environ[key] = self.env[key]
-        for key in ("ROS_LOCALHOST_ONLY", "ROS_STATIC_PEERS", "ROS_DISCOVERY_SERVER"):
+        for key in ("ROS_LOCALHOST_ONLY", "ROS_STATIC_PEERS", "ROS_DISCOVERY_SERVER", "FASTDDS_DEFAULT_PROFILES_FILE",
+                    "FASTRTPS_DEFAULT_PROFILES_FILE"):
             os.environ.pop(key, None)
+        os.environ.update(self.publisher_env)  # read when this process creates its node (participant)
         cmd = [sys.executable, "-m", "pose_distribution_ros.node", "--ros-args", "--params-file", str(PARAMS),
                "-r", "image:=/bench/image", "-r", "camera_info:=/bench/camera_info",
                "-p", f"checkpoint:={self.checkpoint}", "-p", f"device:={self.device}"]
+        for param in self.node_params:
+            cmd += ["-p", param]
         t0 = time.monotonic()
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -90,11 +102,17 @@ class NodeUnderTest:
         self._node = rclpy.create_node("pose_distribution_bench")
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self._node)
-        self._pub = self._node.create_publisher(Image, "/bench/image", qos_profile_sensor_data)
+        image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                               durability=DurabilityPolicy.VOLATILE) if self.reliable else qos_profile_sensor_data
+        self._pub = self._node.create_publisher(Image, "/bench/image", image_qos)
         self._pub_info = self._node.create_publisher(CameraInfo, "/bench/camera_info", qos_profile_sensor_data)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.VOLATILE)
         self._node.create_subscription(PoseDistribution, "/pose_distribution/distribution", self._on_result, reliable)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._diagnostics: dict[str, str] = {}
+        self._node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
         self._msgs = [numpy_to_image(img, "rgb8") for img in self.images]
         for m in self._msgs:
             m.header.frame_id = "bench_camera_optical"
@@ -120,6 +138,8 @@ class NodeUnderTest:
         except Exception:
             pass
         rclpy.try_shutdown()
+        for key in self.publisher_env:
+            os.environ.pop(key, None)
         if self.proc is not None:
             stop_process(self.proc, timeout_s=15.0)
         self._log_dir.cleanup()
@@ -145,6 +165,17 @@ class NodeUnderTest:
         if key in self._sent:
             self._latencies.append(now - (key[0] + 1e-9 * key[1]))
             self._received += 1
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name.startswith("pose_distribution"):
+                self._diagnostics = {kv.key: kv.value for kv in status.values}
+
+    def _node_count(self, key: str) -> int:
+        try:
+            return int(self._diagnostics.get(key, "0"))
+        except ValueError:
+            return 0
 
     def _publish(self, i: int) -> None:
         stamp = self._node.get_clock().now().to_msg()
@@ -187,6 +218,8 @@ class NodeUnderTest:
         self._received = 0
         period = 1.0 / rate_hz
         samples: list[tuple[int, float]] = []
+        self._spin_until(time.monotonic() + 1.1)  # a fresh diagnostics message
+        dropped0, processed0 = self._node_count("dropped"), self._node_count("processed")
         cpu0, t0 = process_cpu_s(self.proc.pid), time.monotonic()
         t_next, i = t0, 0
         while (self._received < frames if until_received else i < frames) and time.monotonic() - t0 < max_s:
@@ -196,7 +229,7 @@ class NodeUnderTest:
             t_next += period
             if rss_every and i % rss_every == 0:
                 samples.append((self._received, process_rss_mb(self.proc.pid)["rss_mb"]))
-        self._spin_until(time.monotonic() + 1.5)  # results still in flight
+        self._spin_until(time.monotonic() + 2.5)  # results still in flight, and the diagnostics after them
         elapsed = time.monotonic() - t0
         cpu = process_cpu_s(self.proc.pid) - cpu0
         lat = summarize_ms(1000 * np.asarray(self._latencies))
@@ -205,12 +238,17 @@ class NodeUnderTest:
             "published": i,
             "received": self._received,
             "dropped": i - self._received,
-            "result_rate_hz": self._received / (elapsed - 1.5) if elapsed > 1.5 else float("nan"),
+            "result_rate_hz": self._received / (elapsed - 2.5) if elapsed > 2.5 else float("nan"),
             "latency_ms": {"p50": lat["p50_ms"], "p90": lat["p90_ms"],
                            "max": float(1000 * max(self._latencies)) if self._latencies else float("nan")},
+            "node_dropped": self._node_count("dropped") - dropped0,  # overwritten in the node's slot
+            "node_processed": self._node_count("processed") - processed0,
+            "received_fraction": float(self._diagnostics.get("received_fraction", "nan")),
             "node_cpu_cores": cpu / elapsed,
             "node_memory": process_rss_mb(self.proc.pid),
         }
+        # neither answered nor dropped by the node: never reached it (or its answer never came back)
+        out["lost_in_transport"] = max(0, out["published"] - out["received"] - out["node_dropped"])
         if rss_every:
             out["rss_samples"] = samples
         return out

@@ -99,6 +99,36 @@ def _reference(args: argparse.Namespace, setup: stages.Setup) -> dict[str, Any]:
     return out
 
 
+def _ros_camera_sizes(args: argparse.Namespace, setup: stages.Setup, device: torch.device) -> list[dict[str, Any]]:
+    """Frames answered, dropped by the node, lost in transport and latency at robot camera sizes, 30 Hz:
+    the default set-up (the node's Fast DDS profile, sensor-data QoS, the publisher unchanged); no
+    profile; reliable QoS on both sides without the profile; config/fastdds_shm.xml on both sides."""
+    shm = {"FASTDDS_DEFAULT_PROFILES_FILE": str(REPO / "config" / "fastdds_shm.xml")}
+    variants = [("default", {}, (), False, {}),
+                ("no_profile", {"POSE_DISTRIBUTION_FASTDDS_PROFILE": "0"}, (), False, {}),
+                ("reliable", {"POSE_DISTRIBUTION_FASTDDS_PROFILE": "0"}, ("image_qos:=reliable",), True, {}),
+                ("shm_both", shm, (), False, shm)]
+    sizes = stages.CAMERA_SIZES[1:]
+    frames = 30 if setup.quick else 150
+    if setup.quick:
+        variants, sizes = variants[:1], sizes[:1]
+    rows = []
+    for size in sizes:
+        images, K = stages.camera_images(size, setup.images[:3], setup.K)
+        for name, env, params, reliable, publisher_env in variants:
+            with NodeUnderTest(images, K, args.checkpoint, device=str(device), env=env, node_params=params,
+                               reliable=reliable, publisher_env=publisher_env) as node:
+                node.warm_up()
+                row = node.run(30, frames)
+                row.update(width=size[0], height=size[1], variant=name,
+                           node_peak_rss_mb=common.process_rss_mb(node.proc.pid)["peak_rss_mb"])
+            rows.append(row)
+            print(f"  {size[0]}x{size[1]} {name}: {row['received']}/{row['published']} answered, "
+                  f"{row['node_dropped']} dropped by the node, {row['lost_in_transport']} lost, "
+                  f"p50 {row['latency_ms']['p50']:.1f} ms", flush=True)
+    return rows
+
+
 def _fmt(t: dict[str, float]) -> str:
     return f"{t['p50_ms']:8.1f} {t['p90_ms']:8.1f}"
 
@@ -149,6 +179,13 @@ def _print_tables(r: dict[str, Any]) -> None:
         print(f"{key:24s} p50 {lat['p50']:7.1f} ms  p90 {lat['p90']:7.1f} ms | {row['received']}/{row['published']} "
               f"answered ({row['dropped']} dropped), {row['result_rate_hz']:.1f} results/s, node CPU "
               f"{row['node_cpu_cores']:.2f} cores, RSS {row['node_memory']['rss_mb']:.0f} MiB")
+    if r["ros"].get("camera_sizes"):
+        print("\n== ROS 2 camera sizes at 30 Hz (answered + dropped by the node + lost in transport = published) ==")
+        for row in r["ros"]["camera_sizes"]:
+            lat = row["latency_ms"]
+            print(f"{row['width']}x{row['height']} {row['variant']:10s} answered {row['received']:4d} dropped "
+                  f"{row['node_dropped']:4d} lost {row['lost_in_transport']:4d} of {row['published']} | p50 "
+                  f"{lat['p50']:7.1f} ms p90 {lat['p90']:7.1f} ms | node peak RSS {row['node_peak_rss_mb']:.0f} MiB")
     leak = r["ros"]["leak"]
     if leak.get("samples"):
         print(f"leak: {r['ros']['leak_frames']} results, RSS first {leak['first_mb']:.0f} / after warm-up "
@@ -156,6 +193,13 @@ def _print_tables(r: dict[str, Any]) -> None:
               f"drift {100 * leak['drift_rel']:+.2f} %")
     print(f"\npeak RSS: node {r['peak_rss_mb']['node']:.0f} MiB, benchmark process "
           f"{r['peak_rss_mb']['benchmark']:.0f} MiB")
+    b = r["backends"]
+    if "skipped" in b:
+        print(f"backends: skipped ({b['skipped']})")
+    else:
+        print(f"backends (224x224 frame, estimate p50): torch {b['torch']['estimate']['p50_ms']:.1f} ms, onnxruntime "
+              f"{b['onnxruntime']['estimate']['p50_ms']:.1f} ms ({b['speedup']:.1f}x); coefficients differ by at most "
+              f"{b['max_abs_coeff_diff']:.1e} (of {b['max_abs_coeff']:.2f})")
     print(f"training: {r['training'].get('skipped') or json.dumps(r['training'])}")
     ref = r["reference"]
     if "skipped" in ref:
@@ -215,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the reference's saved eval-grid matrix for that level (skips building it)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
     parser.add_argument("--skip-ros", action="store_true", help="leave out the ROS 2 section")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                        help="what runs the network in the in-process sections (the node's backend parameter)")
     args = parser.parse_args(argv)
 
     from pose_core.model import load_model, resolve_device
@@ -232,13 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": common.hardware(device),
     }
     q = args.quick
-    model = load_model(args.checkpoint, device=device)
+    model = load_model(args.checkpoint, device=device).use_backend(args.backend)
     n_images = 3 if q else 200  # 200 for the mode agreement; the timings use the first ones
     images, _, names, K = common.render_images(n_images)
     setup = stages.Setup(model=model, device=device, images=images, K=K,
                          repeats=3 if q else 30, warmup=1 if q else 3, quick=q)
     image_size = setup.image_size
     result["model"] = {"checkpoint": str(args.checkpoint), "encoder": model.config.encoder, "lmax": model.lmax,
+                       "backend": model.backend,
                        "image_size": image_size, "target_level": setup.target_level,
                        "torch_threads": torch.get_num_threads()}
     result["images"] = {"count": n_images, "shapes": sorted(set(names)), "size_px": 224}
@@ -259,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     result["coarse_to_fine_speedup_vs_precomputed_matrix"] = result["coarse_to_fine"]["speedup_vs_precomputed_matrix"]
     result["mode_agreement"] = result["coarse_to_fine"]["mode_agreement"]
     result["training"] = stages.training_throughput(setup)
+    result["backends"] = stages.backends_side_by_side(setup)
     result["reference"] = _reference(args, setup)
     result["benchmark_memory"] = setup.memory()
 
@@ -289,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                 node.warm_up()
                 ros["runs"]["shipped_15hz_1thread"] = node.run(15, frames)
                 ros["runs"]["shipped_30hz_1thread"] = node.run(30, frames)
+    if not args.skip_ros:
+        print("[bench] ROS 2 camera sizes at 30 Hz", flush=True)
+        ros["camera_sizes"] = _ros_camera_sizes(args, setup, device)
     result["ros"] = ros
     shipped = ros["runs"].get("shipped_15hz", {}).get("latency_ms", {"p50": float("nan"), "p90": float("nan")})
     result["node_latency_ms"] = {"p50": shipped["p50"], "p90": shipped["p90"]}

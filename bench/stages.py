@@ -38,6 +38,7 @@ __all__ = [
     "scaling_image_size",
     "scaling_detections",
     "camera_sizes",
+    "backends_side_by_side",
     "coarse_to_fine_vs_full_grid",
     "training_throughput",
 ]
@@ -182,13 +183,15 @@ def frame_stages(setup: Setup, batch: int) -> dict[str, Any]:
 
 
 def raw_model_cost(setup: Setup, size: int = 224) -> dict[str, Any]:
-    """``predict`` (encoder, head, distribution) on one ``size`` px input: the model without the resize."""
+    """``predict`` (encoder, head, distribution) on one ``size`` px input: the torch model without the resize."""
     from pose_core import preprocess
 
     setup.reset_cuda_peak()
     model = setup.model
     x = preprocess.model_input(setup.images[0], size)[0].to(setup.device)
-    saved, model.input_size = model.input_size, None  # the model on this input as it is, no resize
+    # the torch model on this input as it is: no resize, no exported network of another input size
+    saved, model.input_size = model.input_size, None
+    saved_backend, model.network_backend = model.network_backend, None
     with torch.inference_mode():
         feats = model.encoder(x)
         coeffs = model.head(feats)
@@ -198,7 +201,7 @@ def raw_model_cost(setup: Setup, size: int = 224) -> dict[str, Any]:
             "head": setup.time(lambda: model.head(feats)),
             "predict": setup.time(lambda: model.predict(x, target_level=setup.target_level)),
         }
-    model.input_size = saved
+    model.input_size, model.network_backend = saved, saved_backend
     del coeffs
     out["memory"] = setup.memory()
     return out
@@ -364,6 +367,37 @@ def coarse_to_fine_vs_full_grid(setup: Setup, num_images: int, level: int = 5) -
         "max_angle_deg": float(angle.max().rad2deg()),
         "resolution_deg": math.degrees(res),
     }
+
+
+def backends_side_by_side(setup: Setup) -> dict[str, Any]:
+    """The estimator's frame with the network in torch and in onnxruntime, one after the other (224x224
+    camera image, whole image), and how far apart their coefficients are."""
+    from pose_core import onnx_backend, preprocess
+
+    if setup.device.type != "cpu" or not onnx_backend.available() or not setup.model.input_size:
+        return {"skipped": "onnxruntime runs on the CPU, needs onnx + onnxruntime and a known input size"}
+    model = setup.model
+    saved = model.network_backend
+    out: dict[str, Any] = {}
+    x = preprocess.model_input(setup.images[0], model.input_size)[0]
+    coeffs = {}
+    for name in ("torch", "onnxruntime"):
+        model.use_backend(name)
+        estimator = setup.estimator()
+        steps: dict[str, list[float]] = {}
+
+        def frame(estimator=estimator, steps=steps):
+            for key, ms in estimator.estimate(setup.images[0], setup.K).timings_ms.items():
+                steps.setdefault(key, []).append(ms)
+
+        out[name] = {"estimate": setup.time(frame), "model": summarize_ms(steps["model"])}
+        with torch.inference_mode():
+            coeffs[name] = model(x) if name == "torch" else model.network_backend(x)
+    out["max_abs_coeff_diff"] = float((coeffs["torch"] - coeffs["onnxruntime"]).abs().max())
+    out["max_abs_coeff"] = float(coeffs["torch"].abs().max())
+    out["speedup"] = out["torch"]["estimate"]["p50_ms"] / out["onnxruntime"]["estimate"]["p50_ms"]
+    model.network_backend = saved
+    return out
 
 
 def training_throughput(setup: Setup, batch: int = 32, steps: int = 10) -> dict[str, Any]:
