@@ -105,7 +105,7 @@ class NodeUnderTest:
         image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                                durability=DurabilityPolicy.VOLATILE) if self.reliable else qos_profile_sensor_data
         self._pub = self._node.create_publisher(Image, "/bench/image", image_qos)
-        self._pub_info = self._node.create_publisher(CameraInfo, "/bench/camera_info", qos_profile_sensor_data)
+        self._pub_info = self._node.create_publisher(CameraInfo, "/bench/camera_info", image_qos)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.VOLATILE)
         self._node.create_subscription(PoseDistribution, "/pose_distribution/distribution", self._on_result, reliable)
