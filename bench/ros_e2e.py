@@ -41,32 +41,26 @@ class NodeUnderTest:
         K: ``(3, 3)`` intrinsics sent as ``camera_info``.
         checkpoint: path given to the node.
         device: the node's ``device`` parameter.
-        omp_threads: ``OMP_NUM_THREADS`` of the node (torch's intra-op threads); 0: torch's default.
         node_params: more ``name:=value`` parameters of the node.
         env: more environment of the node (e.g. ``POSE_DISTRIBUTION_FASTDDS_PROFILE=0``).
         reliable: publish images with reliable QoS (else sensor data, as most camera drivers).
-        publisher_env: environment of this (publishing) process's participant, e.g. a Fast DDS profile.
     """
 
     def __init__(self, images: list[np.ndarray], K: np.ndarray, checkpoint: Path, device: str = "cpu",
-                 omp_threads: int = 0, node_params: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 reliable: bool = False, publisher_env: dict[str, str] | None = None):
+                 node_params: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 reliable: bool = False):
         sys.path.insert(0, str(REPO / "test"))
         from ros_helpers import random_domain_id, ros_env
 
         self._log_dir = tempfile.TemporaryDirectory(prefix="bench_ros_")
         self.env = ros_env(random_domain_id(), self._log_dir.name)
         self.env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
-        if omp_threads:
-            self.env["OMP_NUM_THREADS"] = str(omp_threads)
-        else:
-            self.env.pop("OMP_NUM_THREADS", None)
+        self.env.pop("OMP_NUM_THREADS", None)  # the node's threads are its torch_threads parameter
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p)
         self.env.update(env or {})
         self.images, self.K = images, K
         self.checkpoint, self.device = checkpoint, device
         self.node_params, self.reliable = tuple(node_params), reliable
-        self.publisher_env = dict(publisher_env or {})
         self.log_path = Path(self._log_dir.name) / "node.log"
         self.proc: subprocess.Popen[Any] | None = None
         self.startup_s = float("nan")
@@ -85,8 +79,7 @@ class NodeUnderTest:
             os.environ[key] = self.env[key]
         for key in ("ROS_LOCALHOST_ONLY", "ROS_STATIC_PEERS", "ROS_DISCOVERY_SERVER", "FASTDDS_DEFAULT_PROFILES_FILE",
                     "FASTRTPS_DEFAULT_PROFILES_FILE"):
-            os.environ.pop(key, None)
-        os.environ.update(self.publisher_env)  # read when this process creates its node (participant)
+            os.environ.pop(key, None)  # this process publishes as an unchanged camera driver would
         cmd = [sys.executable, "-m", "pose_distribution_ros.node", "--ros-args", "--params-file", str(PARAMS),
                "-r", "image:=/bench/image", "-r", "camera_info:=/bench/camera_info",
                "-p", f"checkpoint:={self.checkpoint}", "-p", f"device:={self.device}"]
@@ -138,8 +131,6 @@ class NodeUnderTest:
         except Exception:
             pass
         rclpy.try_shutdown()
-        for key in self.publisher_env:
-            os.environ.pop(key, None)
         if self.proc is not None:
             stop_process(self.proc, timeout_s=15.0)
         self._log_dir.cleanup()

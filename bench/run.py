@@ -105,9 +105,9 @@ def _ros_camera_sizes(args: argparse.Namespace, setup: stages.Setup, device: tor
     profile; reliable QoS on both sides without the profile."""
     # (a shared-memory profile on both sides cannot be measured here: this process's Fast DDS reads
     # its profile once, at its first participant; bench/transport.py measures it in fresh processes)
-    variants = [("default", {}, (), False, {}),
-                ("no_profile", {"POSE_DISTRIBUTION_FASTDDS_PROFILE": "0"}, (), False, {}),
-                ("reliable", {"POSE_DISTRIBUTION_FASTDDS_PROFILE": "0"}, ("image_qos:=reliable",), True, {})]
+    variants = [("default", {}, (), False),
+                ("no_profile", {"POSE_DISTRIBUTION_FASTDDS_PROFILE": "0"}, (), False),
+                ("reliable", {"POSE_DISTRIBUTION_FASTDDS_PROFILE": "0"}, ("image_qos:=reliable",), True)]
     sizes = stages.CAMERA_SIZES[1:]
     frames = 30 if setup.quick else 150
     if setup.quick:
@@ -115,9 +115,9 @@ def _ros_camera_sizes(args: argparse.Namespace, setup: stages.Setup, device: tor
     rows = []
     for size in sizes:
         images, K = stages.camera_images(size, setup.images[:3], setup.K)
-        for name, env, params, reliable, publisher_env in variants:
+        for name, env, params, reliable in variants:
             with NodeUnderTest(images, K, args.checkpoint, device=str(device), env=env, node_params=params,
-                               reliable=reliable, publisher_env=publisher_env) as node:
+                               reliable=reliable) as node:
                 node.warm_up()
                 row = node.run(30, frames)
                 row.update(width=size[0], height=size[1], variant=name,

@@ -130,29 +130,37 @@ def _boxes(n: int, width: int = 224, height: int = 224) -> list[Any] | None:
     return out
 
 
+def _time_estimate(setup: Setup, estimator: Any, rgb: np.ndarray, K: np.ndarray, boxes: list[Any] | None = None
+                   ) -> tuple[dict[str, float], dict[str, dict[str, float]], Any]:
+    """Timing of ``estimator.estimate(rgb, K, boxes=boxes)`` over ``setup``'s runs, the timing of each
+    of its own steps (``FrameEstimate.timings_ms``) over the same calls, and the last frame."""
+    steps: dict[str, list[float]] = {}
+    last: list[Any] = []
+
+    def call() -> None:
+        frame = estimator.estimate(rgb, K, boxes=boxes)
+        for key, ms in frame.timings_ms.items():
+            steps.setdefault(key, []).append(ms)
+        last[:] = [frame]
+
+    timing = setup.time(call)
+    return timing, {key: summarize_ms(v) for key, v in steps.items()}, last[0]
+
+
 def _estimate_stages(setup: Setup, estimator: Any, msg: Any, K: np.ndarray, boxes: list[Any] | None
                      ) -> dict[str, Any]:
     """Timings of ``STAGES`` for one frame (``msg``) with ``boxes``."""
     from pose_distribution_ros.image_conversion import image_to_rgb
 
-    rgb = image_to_rgb(msg)
-    steps: dict[str, list[float]] = {}
-
-    def estimate():
-        frame = estimator.estimate(rgb, K, boxes=boxes)
-        for key, ms in frame.timings_ms.items():
-            steps.setdefault(key, []).append(ms)
-        return frame
-
-    frame = estimate()
+    estimate, steps, frame = _time_estimate(setup, estimator, image_to_rgb(msg), K, boxes)
     out: dict[str, Any] = {
         "image_conversion": setup.time(lambda: image_to_rgb(msg)),
-        "estimate": setup.time(estimate),
+        "estimate": estimate,
         "messages": setup.time(lambda: _messages(frame)),
         "total": setup.time(lambda: _messages(estimator.estimate(image_to_rgb(msg), K, boxes=boxes))),
     }
     for key in ("crops", "model", "summary", "translation"):
-        out[key] = summarize_ms(steps.get(key, []))
+        out[key] = steps.get(key, summarize_ms([]))
     out["objects"] = len(frame.objects)
     return out
 
@@ -216,20 +224,13 @@ def scaling_levels(setup: Setup, levels: tuple[int, ...] = (3, 4, 5, 6)) -> list
     image = setup.images[0]
     for level in levels:
         setup.reset_cuda_peak()
-        estimator = setup.estimator(target_level=level)
-        steps: dict[str, list[float]] = {}
-
-        def frame(estimator=estimator, steps=steps):
-            for key, ms in estimator.estimate(image, setup.K).timings_ms.items():
-                steps.setdefault(key, []).append(ms)
-
-        setup.time(frame)
+        _, steps, _ = _time_estimate(setup, setup.estimator(target_level=level), image, setup.K)
         rows.append({
             "level": level,
             "mode_resolution_deg": math.degrees(grids.resolution(level)),
-            "model": summarize_ms(steps["model"]),
-            "summary": summarize_ms(steps["summary"]),
-            "estimate": summarize_ms(steps["total"]),
+            "model": steps["model"],
+            "summary": steps["summary"],
+            "estimate": steps["total"],
             "memory": setup.memory(),
         })
     return rows
@@ -383,14 +384,8 @@ def backends_side_by_side(setup: Setup) -> dict[str, Any]:
     coeffs = {}
     for name in ("torch", "onnxruntime"):
         model.use_backend(name)
-        estimator = setup.estimator()
-        steps: dict[str, list[float]] = {}
-
-        def frame(estimator=estimator, steps=steps):
-            for key, ms in estimator.estimate(setup.images[0], setup.K).timings_ms.items():
-                steps.setdefault(key, []).append(ms)
-
-        out[name] = {"estimate": setup.time(frame), "model": summarize_ms(steps["model"])}
+        estimate, steps, _ = _time_estimate(setup, setup.estimator(), setup.images[0], setup.K)
+        out[name] = {"estimate": estimate, "model": steps["model"]}
         with torch.inference_mode():
             coeffs[name] = model(x) if name == "torch" else model.network_backend(x)
     out["max_abs_coeff_diff"] = float((coeffs["torch"] - coeffs["onnxruntime"]).abs().max())

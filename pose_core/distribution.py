@@ -464,21 +464,25 @@ class _Blocks:
         self.indices: list[torch.Tensor] = []
         self.levels: list[int] = []
 
-    def add(self, level: int, index: torch.Tensor, values: torch.Tensor | None = None) -> None:
-        if values is None:
-            values = fourier.evaluate_cells(self.coeffs, level, index, self.lmax)
+    def add(self, level: int, index: torch.Tensor, values: torch.Tensor) -> None:
         self.values.append(values)
         self.indices.append(index)
         self.levels.append(level)
 
+    def add_children(self, level: int, parents: torch.Tensor, real: torch.Tensor | None = None) -> None:
+        """A block of the children of the level-``level`` cells ``parents`` ``(B, k)``; where ``real``
+        ``(B, k)`` is False the parent is padding and its children get ``-inf``."""
+        B, k = parents.shape
+        values = fourier.evaluate_children(self.coeffs, level, parents, self.lmax)
+        if real is not None:
+            values = values.masked_fill(~real.repeat_interleave(8, dim=1), float("-inf"))
+        self.add(level + 1, grids.children(parents, level).reshape(B, 8 * k), values)
+
     def refine_last(self, positions: torch.Tensor) -> None:
         """Replace the cells at ``positions`` ``(B, k)`` of the last block by their children (a new block)."""
-        B, k = positions.shape
-        level = self.levels[-1]
         parents = torch.gather(self.indices[-1], 1, positions)
         self.values[-1] = self.values[-1].scatter(1, positions, float("-inf"))
-        values = fourier.evaluate_children(self.coeffs, level, parents, self.lmax)
-        self.add(level + 1, grids.children(parents, level).reshape(B, 8 * k), values)
+        self.add_children(self.levels[-1], parents)
 
     def cat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``cell_level`` ``(C,)``, ``cell_index`` ``(B, C)`` and ``f`` ``(B, C)`` of all blocks."""
@@ -534,8 +538,5 @@ class _Blocks:
             for b, mine in enumerate(parents):
                 padded[b, : len(mine)] = torch.tensor(mine, dtype=torch.int64, device=device)
                 real[b, : len(mine)] = True
-            child = grids.children(padded, level).reshape(B, 8 * width)
-            values = fourier.evaluate_cells(self.coeffs, level + 1, child, self.lmax)
-            values = values.masked_fill(~real.repeat_interleave(8, dim=1), float("-inf"))
-            self.add(level + 1, child, values)
+            self.add_children(level, padded, real)
         return True

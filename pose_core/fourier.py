@@ -65,7 +65,7 @@ def _load_or_build(name: str, build, nbytes: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=16)
 def _tables_cpu(level: int, lmax: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """Per ``l``: pixel blocks ``(npix, 2l+1, 2l+1)`` and in-plane blocks ``(n_psi, 2l+1, 2l+1)``, float64."""
-    npix, n_psi = 12 * 4**level, 6 * 2**level
+    npix, n_psi = 12 * 4**level, grids.num_inplane(level)
     dim = wigner.so3_dim(lmax)
 
     def build_pixels() -> torch.Tensor:
@@ -98,11 +98,8 @@ def cell_flat_wigner(level: int, index: torch.Tensor, lmax: int, dtype: torch.dt
 
     ``index`` ``(...)`` holds level-``level`` cell indices; computed on ``index.device``.
     """
-    n_psi = 6 * 2**level
     pix_t, psi_t = _tables(level, lmax, dtype, str(index.device))
-    flat = index.reshape(-1)
-    pix = torch.div(flat, n_psi, rounding_mode="floor")
-    k = flat - pix * n_psi
+    pix, k = grids.split_cells(index.reshape(-1), level)
     blocks = []
     for l in range(lmax + 1):
         d = 2 * l + 1
@@ -193,9 +190,8 @@ def evaluate_cells(coeffs: torch.Tensor, level: int, index: torch.Tensor, lmax: 
         return coeffs @ cell_flat_wigner(level, index, lmax, coeffs.dtype).T
     if index.dim() != 2 or index.shape[0] != coeffs.shape[0]:
         raise ValueError(f"index must have shape (M,) or ({coeffs.shape[0]}, M), got {tuple(index.shape)}")
-    n_psi = 6 * 2**level
-    pix = torch.div(index, n_psi, rounding_mode="floor")
-    k = index - pix * n_psi
+    n_psi = grids.num_inplane(level)
+    pix, k = grids.split_cells(index, level)
     P = _pixel_flat(level, lmax, coeffs.dtype, str(coeffs.device))[pix]  # (B, M, so3_dim)
     H = _inplane_products(coeffs, level, lmax)  # (B, n_psi, so3_dim)
     rows = torch.arange(H.shape[0], device=index.device)[:, None] * n_psi
@@ -214,9 +210,8 @@ def evaluate_children(coeffs: torch.Tensor, level: int, parents: torch.Tensor, l
     if parents.dim() != 2 or parents.shape[0] != coeffs.shape[0]:
         raise ValueError(f"parents must have shape ({coeffs.shape[0]}, k), got {tuple(parents.shape)}")
     B, k = parents.shape
-    n_psi = 6 * 2**level
-    pix = torch.div(parents, n_psi, rounding_mode="floor")
-    kk = parents - pix * n_psi
+    n_psi = grids.num_inplane(level)
+    pix, kk = grids.split_cells(parents, level)
     child_pix = 4 * pix[..., None] + torch.arange(4, device=parents.device)  # (B, k, 4)
     child_k = 2 * kk[..., None] + torch.arange(2, device=parents.device)  # (B, k, 2)
     P = _pixel_flat(level + 1, lmax, coeffs.dtype, str(coeffs.device)).index_select(0, child_pix.reshape(-1))

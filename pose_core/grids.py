@@ -30,8 +30,11 @@ __all__ = [
     "num_cells",
     "resolution",
     "level_for_resolution",
+    "num_inplane",
+    "split_cells",
     "so3_healpix_grid",
     "cell_rotations",
+    "cell_quaternions",
     "children",
     "ancestor",
     "cell_of",
@@ -60,7 +63,7 @@ def resolution(level: int) -> float:
     Level 3: 7.5 deg, level 4: 3.75 deg, level 5: 1.875 deg, level 6: 0.94 deg.
     """
     _check_level(level)
-    return 2 * math.pi / (6 * 2**level)
+    return 2 * math.pi / num_inplane(level)
 
 
 def level_for_resolution(resolution_rad: float, max_level: int = 8) -> int:
@@ -71,6 +74,20 @@ def level_for_resolution(resolution_rad: float, max_level: int = 8) -> int:
     while resolution(level) > resolution_rad * (1 + 1e-9) and level < max_level:
         level += 1
     return level
+
+
+def num_inplane(level: int) -> int:
+    """In-plane angles per HEALPix pixel at ``level``: ``6 * 2**level``."""
+    return 6 * 2**level
+
+
+def split_cells(index: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell indices ``(...)`` at ``level`` → their HEALPix pixel and in-plane bin ``(...)``, ``(...)``.
+
+    The one statement of the cell numbering: ``cell = pixel * num_inplane(level) + k``.
+    """
+    pix = torch.div(index, num_inplane(level), rounding_mode="floor")
+    return pix, index - pix * num_inplane(level)
 
 
 @functools.lru_cache(maxsize=16)
@@ -98,9 +115,8 @@ def _rotation_table(level: int, dtype: torch.dtype, device: str) -> torch.Tensor
 
 
 def _compute_cell_rotations(level: int, index: torch.Tensor) -> torch.Tensor:
-    n_psi = 6 * 2**level
-    pix = torch.div(index, n_psi, rounding_mode="floor")
-    k = index - pix * n_psi
+    n_psi = num_inplane(level)
+    pix, k = split_cells(index, level)
     pixel_R = _pixel_rotations(level, torch.float64, index.device)[pix]
     psi = (k.to(torch.float64) + 0.5) * (2 * math.pi / n_psi)
     zero = torch.zeros_like(psi)
@@ -135,7 +151,7 @@ def cell_rotations(
 def _quaternion_factors(level: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Quaternions of the pixel rotations ``(npix, 4)`` and of the in-plane ``Rz(psi_k)`` ``(n_psi, 4)``."""
     pix = so3.matrix_to_quat(_pixel_rotations(level, torch.float64, device))
-    n_psi = 6 * 2**level
+    n_psi = num_inplane(level)
     half = (torch.arange(n_psi, dtype=torch.float64, device=device) + 0.5) * (math.pi / n_psi)
     zero = torch.zeros_like(half)
     psi = torch.stack((zero, zero, torch.sin(half), torch.cos(half)), dim=-1)
@@ -163,10 +179,8 @@ def cell_quaternions(
         table = _quaternion_table(level, dtype, str(index.device))
         return table.index_select(0, index.reshape(-1)).reshape(index.shape + (4,))
     pix_q, psi_q = _quaternion_factors(level, dtype, str(index.device))
-    n_psi = psi_q.shape[0]
-    flat = index.reshape(-1)
-    pix = torch.div(flat, n_psi, rounding_mode="floor")
-    q = so3.quat_multiply(pix_q.index_select(0, pix), psi_q.index_select(0, flat - pix * n_psi))
+    pix, k = split_cells(index.reshape(-1), level)
+    q = so3.quat_multiply(pix_q.index_select(0, pix), psi_q.index_select(0, k))
     return so3.quat_canonical(q).reshape(index.shape + (4,))
 
 
@@ -179,9 +193,8 @@ def so3_healpix_grid(level: int, dtype: torch.dtype = torch.float32, device=None
 def children(index: torch.Tensor, level: int) -> torch.Tensor:
     """Indices ``(..., 8)`` at ``level + 1`` of the children of cells ``index`` ``(...)`` at ``level``."""
     _check_level(level)
-    n_psi = 6 * 2**level
-    pix = torch.div(index, n_psi, rounding_mode="floor")
-    k = index - pix * n_psi
+    n_psi = num_inplane(level)
+    pix, k = split_cells(index, level)
     a = torch.arange(4, device=index.device)
     b = torch.arange(2, device=index.device)
     child_pix = 4 * pix[..., None, None] + a[:, None]  # (..., 4, 1)
@@ -194,9 +207,8 @@ def ancestor(index: torch.Tensor, level: int, to_level: int) -> torch.Tensor:
     _check_level(level)
     if not 0 <= to_level <= level:
         raise ValueError(f"to_level must be in [0, {level}], got {to_level}")
-    n_psi = 6 * 2**level
-    pix = torch.div(index, n_psi, rounding_mode="floor")
-    k = index - pix * n_psi
+    n_psi = num_inplane(level)
+    pix, k = split_cells(index, level)
     up = level - to_level
     return torch.div(pix, 4**up, rounding_mode="floor") * (n_psi // 2**up) + torch.div(k, 2**up, rounding_mode="floor")
 
@@ -207,7 +219,7 @@ def cell_of(R: torch.Tensor, level: int) -> torch.Tensor:
     The HEALPix look-up runs on the CPU (healpy); the result is moved back to ``R``'s device.
     """
     _check_level(level)
-    nside, n_psi = 2**level, 6 * 2**level
+    nside, n_psi = 2**level, num_inplane(level)
     alpha, beta, gamma = so3.matrix_to_zyz(R.detach().to(torch.float64))
     pix = healpy.ang2pix(nside, beta.cpu().numpy(), alpha.cpu().numpy(), nest=True)
     k = torch.floor(torch.remainder(gamma, 2 * math.pi) / (2 * math.pi / n_psi)).long().clamp(0, n_psi - 1)
@@ -229,10 +241,9 @@ def sample_in_cells(
     """
     _check_level(level)
     depth = min(8, _MAX_HEALPIX_ORDER - level)
-    nside_fine, n_psi = 2 ** (level + depth), 6 * 2**level
+    nside_fine, n_psi = 2 ** (level + depth), num_inplane(level)
     flat = index.reshape(-1).cpu()
-    pix = torch.div(flat, n_psi, rounding_mode="floor")
-    k = flat - pix * n_psi
+    pix, k = split_cells(flat, level)
     sub = torch.randint(0, 4**depth, flat.shape, generator=generator)
     u = torch.rand(flat.shape, generator=generator, dtype=torch.float64)
     theta, phi = healpy.pix2ang(nside_fine, (pix * 4**depth + sub).numpy(), nest=True)

@@ -199,7 +199,7 @@ class ImageToSphere(nn.Module):
         if size is not None and tuple(images.shape[-2:]) != (size, size):
             images = preprocess.resize(images, size)
         elif images.dtype == torch.uint8:
-            images = images.to(torch.float32).div_(255.0)
+            images = preprocess.to_float(images)
         if self.network_backend is not None:
             coeffs = self.network_backend(images.to(torch.float32))
         else:

@@ -176,7 +176,7 @@ class FrameEstimate:
         rejected: boxes that were not served, with the reason.
         dropped: boxes beyond ``max_detections`` (lowest scores), not served.
         notes: things the caller should log (e.g. a depth image that could not be used), each
-            ``(kind, text)`` with ``kind`` in ``{"depth", "camera"}``.
+            ``(kind, text)``, ``kind`` naming the input (``"depth"``).
         timings_ms: wall time of the steps (``crops``, ``model``, ``summary``, ``translation``,
             ``total``); on CUDA the model step is synchronised.
     """
@@ -335,7 +335,8 @@ class PoseEstimator:
 
     # ------------------------------------------------------------------ steps
     def _box_region(self, box: Box, width: int, height: int) -> Region:
-        """The square crop of ``box`` (ValueError naming what is wrong with it)."""
+        """The square crop of ``box``; ValueError naming what is wrong with it (not finite, no area, larger
+    than ``max_crop_factor`` times the image)."""
         s = self._settings
         region = pinhole.detection_region(box.center, box.size, s.detection_crop_scale)
         side = region[2] - region[0]
@@ -344,10 +345,7 @@ class PoseEstimator:
             raise ValueError(
                 f"crop side {side} px is more than max_crop_factor {s.max_crop_factor:g} x the {width}x{height} image"
             )
-        u0, v0, u1, v1 = region
-        if u1 <= 0 or v1 <= 0 or u0 >= width or v0 >= height:
-            raise ValueError(f"box crop {region} lies outside the {width}x{height} image")
-        return region
+        return region  # a crop outside the image is refused by preprocess.crop_input
 
     @staticmethod
     def _usable_depth(
@@ -374,7 +372,8 @@ class PoseEstimator:
             estimate = pinhole.translation_from_depth(K, depth, region)
             if estimate is not None:
                 return estimate
-            values = depth[max(0, region[1]) : max(0, region[3]), max(0, region[0]) : max(0, region[2])]
+            u0, v0, u1, v1 = pinhole.clip_region(region, depth.shape[1], depth.shape[0])
+            values = depth[v0:v1, u0:u1]
             frame.notes.append(("depth", f"no valid depth in region {region} ({_describe_invalid(values)}); "
                                          f"using nominal_distance_m = {distance:g}"))
         if K is None:

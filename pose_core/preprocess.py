@@ -32,6 +32,7 @@ from pose_core.pinhole import Region, square_region
 __all__ = [
     "MAX_CANVAS_FACTOR",
     "check_rgb",
+    "to_float",
     "to_tensor",
     "resize",
     "crop_input",
@@ -66,17 +67,22 @@ def _chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
-def to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """RGB image(s) ``(H, W, 3)`` or ``(N, H, W, 3)`` (uint8, or float in [0, 1]) → float32 ``(3, H, W)`` /
-    ``(N, 3, H, W)`` in [0, 1]: uint8 divided by 255, floats kept."""
-    if image.ndim not in (3, 4) or image.shape[-1] != 3:
-        raise ValueError(f"image must have shape (H, W, 3) or (N, H, W, 3), got {tuple(image.shape)}")
-    x = _chw(image)
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """A tensor of pixels as float32 in [0, 1]: uint8 divided by 255 (a new tensor), floating point
+    converted to float32 (``x`` itself when it is already). ValueError for other dtypes."""
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
     if not x.is_floating_point():
         raise ValueError(f"image must be uint8 or floating point, got dtype {x.dtype}")
     return x.to(torch.float32)
+
+
+def to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """RGB image(s) ``(H, W, 3)`` or ``(N, H, W, 3)`` (uint8, or float in [0, 1]) → float32 ``(3, H, W)`` /
+    ``(N, 3, H, W)`` in [0, 1]: uint8 divided by 255, floats kept."""
+    if image.ndim not in (3, 4) or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape (H, W, 3) or (N, H, W, 3), got {tuple(image.shape)}")
+    return to_float(_chw(image))
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -96,7 +102,7 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
         images = images[..., v0:v1, u0:u1]
     if images.shape[-1] != size:
         images = _interpolate(images, size)
-    return images.to(torch.float32).div_(255.0) if images.dtype == torch.uint8 else images.to(torch.float32)
+    return to_float(images)
 
 
 def _interpolate(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -111,7 +117,7 @@ def _interpolate(x: torch.Tensor, size: int) -> torch.Tensor:
 def _area_shrink(part: torch.Tensor, f: int, offset: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """Average ``f x f`` blocks of ``part`` ``(1, 3, h, w)`` on the block grid of the crop it lies in.
 
-    ``offset``: ``(row, column)`` of ``part`` inside the crop. Returns the shrunk part (float32)
+    ``offset``: ``(row, column)`` of ``part`` inside the crop. Returns the shrunk part (float32 in [0, 1])
     and its offset in the shrunk crop. The blocks outside ``part`` count as black, as the crop's
     padding does.
     """
@@ -119,7 +125,7 @@ def _area_shrink(part: torch.Tensor, f: int, offset: tuple[int, int]) -> tuple[t
     top, left = oy % f, ox % f
     h, w = part.shape[-2:]
     bottom, right = (-(top + h)) % f, (-(left + w)) % f
-    padded = F.pad(part.to(torch.float32), (left, right, top, bottom))
+    padded = F.pad(to_float(part), (left, right, top, bottom))
     return F.avg_pool2d(padded, f), (oy // f, ox // f)
 
 
@@ -152,8 +158,6 @@ def crop_input(image: np.ndarray | torch.Tensor, region: Region, size: int) -> t
         if side_u * side_v > limit:
             f = math.ceil(math.sqrt(side_u * side_v / limit))
     if f > 1:
-        if part.dtype == torch.uint8:
-            part = part.to(torch.float32).div_(255.0)
         part, offset = _area_shrink(part, f, offset)
         side_v, side_u = math.ceil(side_v / f), math.ceil(side_u / f)
     if (side_v, side_u) != part.shape[-2:]:  # pad with black to the whole crop
@@ -162,8 +166,7 @@ def crop_input(image: np.ndarray | torch.Tensor, region: Region, size: int) -> t
         part = canvas
     if (side_v, side_u) != (size, size):
         part = _interpolate(part, size)
-    x = part.to(torch.float32).div_(255.0) if part.dtype == torch.uint8 else part.to(torch.float32)
-    return x.clamp_(0.0, 1.0).contiguous()
+    return to_float(part).clamp_(0.0, 1.0).contiguous()
 
 
 def model_input(image: np.ndarray | torch.Tensor, size: int) -> tuple[torch.Tensor, Region]:

@@ -36,6 +36,7 @@ Run: ``python -m pose_distribution_ros.node --ros-args --params-file config/pose
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -60,7 +61,6 @@ from pose_distribution_ros.image_conversion import ImageConversionError, depth_i
 from pose_distribution_ros.pairing import DepthBuffer, FrameSlot, StampPairer, stamp_ns
 
 NODE_NAME = "pose_distribution"
-PACKAGE = "pose_distribution"
 #: Depth images whose stamp is further than this from the colour image's are not used (s).
 DEPTH_MAX_SKEW_S = 0.1
 #: Depth images kept to pair with colour images by stamp.
@@ -109,7 +109,7 @@ def resolve_checkpoint(path: str) -> Path:
         candidates = [p]
     else:
         candidates = [Path.cwd() / p, Path(__file__).resolve().parent.parent / p]
-        share = _package_share()
+        share = transport.package_share()
         if share is not None:
             candidates.append(share / p)
     for c in candidates:
@@ -125,20 +125,8 @@ def resolve_checkpoint(path: str) -> Path:
     )
 
 
-def _package_share() -> Path | None:
-    """``share/pose_distribution`` of an installed package, or None (no ament index, not installed)."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory(PACKAGE))
-    except (ImportError, LookupError, OSError, ValueError):  # PackageNotFoundError is a KeyError
-        return None
-
-
 def camera_info_problem(msg: CameraInfo) -> str | None:
     """Why ``msg`` cannot give intrinsics (None when it can): zero size, non-finite K, focal lengths <= 0."""
-    import math
-
     if msg.width <= 0 or msg.height <= 0:
         return f"size {msg.width}x{msg.height} is not positive"
     k = list(msg.k)
@@ -509,7 +497,7 @@ class PoseDistributionNode(Node):
             self._log("max_detections", "warning",
                       f"{num_boxes} detections, keeping the {keep} highest-scoring (max_detections)")  # fmt: skip
         for kind, text in frame.notes:
-            self._bad_input(kind, f"bad {kind}: {text}" if kind == "depth" else text)
+            self._bad_input(kind, f"bad {kind}: {text}")
 
     def report_transport(self, profile: Path | None) -> None:
         """Say at start which Fast DDS profile the node runs with, and what would cap it."""

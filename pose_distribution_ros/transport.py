@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from pathlib import Path
 
-__all__ = ["PROFILE_VARIABLES", "RECEIVE_BUFFER", "default_profile", "apply_default_profile",
+__all__ = ["PROFILE_VARIABLES", "RECEIVE_BUFFER", "package_share", "default_profile", "apply_default_profile",
            "socket_buffer_problem", "GapMonitor"]
 
 #: Socket receive buffer (bytes) of the shipped profile.
@@ -27,18 +27,24 @@ SYSCTL_FIX = "sudo sysctl -w net.core.rmem_max=4194304 net.core.wmem_max=4194304
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 
+def package_share() -> Path | None:
+    """``share/pose_distribution`` of an installed package, or None (no ament index, not installed)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("pose_distribution"))
+    except (ImportError, LookupError, OSError, ValueError):  # PackageNotFoundError is a KeyError
+        return None
+
+
 def default_profile() -> Path | None:
     """The shipped ``fastdds.xml``: the repository's ``config/`` or the package share's, None if neither."""
     here = Path(__file__).resolve().parent.parent / "config" / "fastdds.xml"
     if here.is_file():
         return here
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        shared = Path(get_package_share_directory("pose_distribution")) / "config" / "fastdds.xml"
-        return shared if shared.is_file() else None
-    except (ImportError, LookupError, OSError, ValueError):
-        return None
+    share = package_share()
+    shared = None if share is None else share / "config" / "fastdds.xml"
+    return shared if shared is not None and shared.is_file() else None
 
 
 def apply_default_profile(environ: dict[str, str] | None = None) -> Path | None:
