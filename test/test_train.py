@@ -114,3 +114,12 @@ def test_max_seconds_stops_with_a_checkpoint_that_knows_its_input(tmp_path):
     out = run(cfg)
     assert out["step"] == 0 and Path(out["checkpoint"]).is_file()
     assert load_model(out["checkpoint"]).input_size == 32  # data.image_size, recorded for predict
+
+
+def test_resume_from_an_exported_checkpoint_is_refused_at_once(capsys):
+    from train.train import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--resume", str(ROOT / "checkpoints" / "demo.pt"), "max_steps=4000"])
+    assert exc.value.code == 2
+    assert "not a training checkpoint" in capsys.readouterr().err

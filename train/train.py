@@ -232,9 +232,7 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
     if resume is not None:
         ckpt = read_checkpoint(resume)
         model.load_state_dict(ckpt["state_dict"])
-        for key in ("optimizer", "scheduler", "step"):
-            if key not in ckpt:
-                raise ValueError(f"{resume} has no {key!r}: not a training checkpoint of train/train.py")
+        _check_training_checkpoint(ckpt, resume)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         if "scaler" in ckpt and scaler.is_enabled():
@@ -377,6 +375,14 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
             "seconds": time.time() - wall_start}
 
 
+def _check_training_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """ValueError unless ``ckpt`` holds what resuming needs (an exported checkpoint does not)."""
+    for key in ("optimizer", "scheduler", "step"):
+        if key not in ckpt:
+            raise ValueError(f"{path} has no {key!r}: not a training checkpoint of train/train.py (an exported "
+                             "checkpoint such as checkpoints/demo.pt cannot be resumed; its run's checkpoints can)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(prog="train/train.py", description="Train an ImageToSphere model.")
@@ -391,9 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from train.config import apply_overrides
 
-        ckpt = read_checkpoint(args.resume)
+        try:
+            ckpt = read_checkpoint(args.resume)
+            _check_training_checkpoint(ckpt, args.resume)
+        except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
+            p.error(str(exc))  # at once, before any data is built
         if not isinstance(ckpt.get("train_config"), dict):
-            raise ValueError(f"{args.resume} holds no train_config; pass --config")
+            p.error(f"{args.resume} holds no train_config; pass --config")
         cfg = config_from_dict(apply_overrides(ckpt["train_config"], args.overrides))
     argv_list = list(sys.argv[1:] if argv is None else argv)
     result = run(cfg, resume=args.resume, command=shlex.join([sys.executable, "train/train.py", *argv_list]))
