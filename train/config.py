@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from pose_core.data.randomize import Randomization
 from pose_core.model import ModelConfig
 
 __all__ = [
@@ -59,6 +60,10 @@ class DataConfig:
     * ``mesh``: ``meshes`` (mesh files with their symmetries) together with the SYMSOL ``shapes``
       (may be empty), rendered on the fly with the same seed scheme.
     * ``modelnet10``, ``pascal3d``: the public datasets under ``root`` (``split``).
+
+    ``randomize`` (rendered data only): domain randomisation, a
+    :class:`pose_core.data.randomize.Randomization` mapping (``randomize: {}`` takes the defaults,
+    the shipped checkpoint's recipe); ``None``: plain renders (black background, one light, centred).
     """
 
     name: str = "symsol"
@@ -72,6 +77,7 @@ class DataConfig:
     split: str = "train"
     pascal_warp: bool = False
     pascal_synth: bool = False
+    randomize: Randomization | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -80,6 +86,11 @@ class DataConfig:
             raise ValueError(f"data.name={self.name!r} needs data.root (the dataset folder), got {self.root!r}")
         if self.name == "mesh" and not self.meshes:
             raise ValueError("data.name='mesh' needs at least one entry in data.meshes")
+        if self.randomize is not None and self.name not in ("symsol", "mesh"):
+            raise ValueError(f"data.randomize applies to rendered data (symsol, mesh), not {self.name!r}")
+        if self.randomize is not None and self.occluders:
+            raise ValueError("data.occluders (flat quads) and data.randomize do not combine: "
+                             "set data.randomize.occlusion_p instead")
 
 
 @dataclass
@@ -133,7 +144,9 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     """One training run. ``epochs`` or ``max_steps`` (the smaller bound wins when both are set);
-    ``max_seconds`` also stops it (wall time of this run, with a final evaluation and checkpoint)."""
+    ``max_seconds`` also stops it (wall time of this run, with a final evaluation and checkpoint).
+    ``init_from``: a checkpoint whose weights the run starts from (fine-tuning: fresh optimizer,
+    schedule and step 0; its model config must equal ``model``); ignored when resuming."""
 
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
@@ -144,6 +157,7 @@ class TrainConfig:
     epochs: int | None = 40
     max_steps: int | None = None
     max_seconds: float | None = None
+    init_from: str | None = None
     batch_size: int = 64
     amp: str = "none"
     device: str = "auto"

@@ -51,6 +51,9 @@ def build_dataset(data: DataConfig) -> Dataset:
     from pose_core import data as pdata
     from pose_core.data.meshes import ShapesDataset
 
+    if data.name == "symsol" and data.randomize is not None:  # the same images, randomised
+        return ShapesDataset(list(data.shapes), size=int(data.size or 1000), image_size=data.image_size,
+                             seed=data.seed, randomization=data.randomize)
     if data.name == "symsol":
         return pdata.SymsolLikeDataset(data.shapes, size=data.size, image_size=data.image_size, seed=data.seed,
                                        occluders=data.occluders)
@@ -61,7 +64,7 @@ def build_dataset(data: DataConfig) -> Dataset:
             raise ValueError("data.size must be set for rendered data, got None")
         shapes = list(data.shapes) + [_mesh_shape(m) for m in data.meshes]
         return ShapesDataset(shapes, size=data.size, image_size=data.image_size, seed=data.seed,
-                             occluders=data.occluders)
+                             occluders=data.occluders, randomization=data.randomize)
     if data.name == "modelnet10":
         return pdata.ModelNet10SO3(data.root, split=data.split)  # type: ignore[arg-type]
     if data.name == "pascal3d":

@@ -214,6 +214,10 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
     # ------------------------------------------------------------------ model, optimizer
     model = ImageToSphere(**dataclasses.asdict(cfg.model)).to(device)
     model.input_size = cfg.data.image_size  # the checkpoint carries it: predict and the node resize to it
+    if cfg.init_from is not None and resume is None:
+        _init_weights(model, cfg)
+        if is_main:
+            print(f"starting from the weights of {cfg.init_from}", flush=True)
     if cfg.optim.name == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                                      nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
@@ -373,6 +377,18 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
         dist.destroy_process_group()
     return {"checkpoint": str(ckpt_file), "step": step, "loss": last_loss, "eval": eval_result,
             "seconds": time.time() - wall_start}
+
+
+def _init_weights(model: ImageToSphere, cfg: TrainConfig) -> None:
+    """Load the weights of ``cfg.init_from`` into ``model``; ValueError if its model config differs."""
+    ckpt = read_checkpoint(cfg.init_from)  # type: ignore[arg-type]
+    want = dataclasses.asdict(cfg.model)
+    have = dict(ckpt["config"])
+    differ = {k: (have.get(k), v) for k, v in want.items() if k != "pretrained" and have.get(k) != v}
+    if differ:
+        raise ValueError(f"init_from {cfg.init_from}: its model config differs from this run's "
+                         f"(key: checkpoint, run): {differ}")
+    model.load_state_dict(ckpt["state_dict"], strict=True)
 
 
 def _check_training_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pose_core import preprocess
+from pose_core.data.randomize import Randomization, compose
 from pose_core.data.render import Camera, Renderer, random_occluders
 from pose_core.data.shapes import SHAPE_NAMES, Shape, get_shape
 from pose_core.data.symsol import _seed_sequence, item_rotation
@@ -39,6 +40,10 @@ class ShapesDataset(Dataset):
         seed: data seed (see the module docstring).
         occluders: up to this many random occluding quads per image.
         background: RGB in [0, 1].
+        randomization: domain randomisation (:mod:`pose_core.data.randomize`; ``None``: plain
+            renders). Its random streams come from the item's seed sequence, so item ``index`` of a
+            shape is the same image in every process; items then also carry ``occluded`` (the
+            fraction of the object an occluder covers).
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         occluders: int = 0,
         background: Sequence[float] = (0.0, 0.0, 0.0),
+        randomization: Randomization | None = None,
     ) -> None:
         if isinstance(shapes, (str, Shape)):
             shapes = [shapes]
@@ -73,6 +79,7 @@ class ShapesDataset(Dataset):
         self.size = int(size)
         self.seed = int(seed)
         self.occluders = int(occluders)
+        self.randomization = randomization
         self.renderer = Renderer(Camera(image_size, image_size), background=tuple(background))  # type: ignore[arg-type]
 
     def __len__(self) -> int:
@@ -98,9 +105,21 @@ class ShapesDataset(Dataset):
         if self.occluders:
             rng = np.random.default_rng(_seed_sequence(self.seed, name, index).spawn(1)[0])
             occ = random_occluders(rng, self.renderer.camera, max_count=self.occluders)
-        img = self.renderer.render(shape.mesh, R, occluders=occ)
-        eq = shape.equivalent_rotations(R, distance=self.renderer.camera.distance)
+        extra: dict[str, Any] = {}
+        distance = self.renderer.camera.distance
+        if self.randomization is None:
+            img = self.renderer.render(shape.mesh, R, occluders=occ)
+        else:
+            if occ:
+                raise ValueError("occluders (flat quads) and randomization do not combine: "
+                                 "use the randomization's occlusion")
+            entropy = list(_seed_sequence(self.seed, name, index).entropy)  # type: ignore[arg-type]
+            img, info = compose(self.renderer, shape.mesh, R, self.randomization, entropy)
+            distance = info["distance"]
+            extra["occluded"] = info["occluded"]
+        eq = shape.equivalent_rotations(R, distance=distance)
         return {
+            **extra,
             "image": preprocess.to_tensor(img),
             "rotation": torch.as_tensor(np.asarray(R), dtype=torch.float32),
             "equivalents": torch.as_tensor(np.asarray(eq), dtype=torch.float32),

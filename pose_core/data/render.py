@@ -28,6 +28,8 @@ import numpy as np
 
 __all__ = [
     "Camera",
+    "Light",
+    "Lighting",
     "Mesh",
     "Occluder",
     "Renderer",
@@ -59,9 +61,14 @@ void main() {
 
 _FRAGMENT_SHADER = """
 #version 330
-uniform vec3 light_dir;
+#define MAX_LIGHTS 4
+uniform int n_lights;
+uniform vec3 light_dirs[MAX_LIGHTS];
+uniform vec3 light_colors[MAX_LIGHTS];
 uniform float ambient;
-uniform float diffuse;
+uniform float specular;
+uniform float shininess;
+uniform vec3 tint;
 uniform bool lit;
 uniform sampler2D tex;
 in vec3 v_pos;
@@ -74,14 +81,29 @@ void main() {
     if (v_uvw.z > 0.5) {
         c *= texture(tex, v_uvw.xy).rgb;
     }
-    if (lit) {
+    if (!lit) {
+        f_color = vec4(c, 1.0);
+        return;
+    }
+    c *= tint;
+    {
         // Face normal of the triangle, turned towards the camera (at the origin): two-sided lighting
         // for meshes with inconsistent winding, without flipping interpolated normals at silhouettes.
         vec3 face_n = normalize(cross(dFdx(v_pos), dFdy(v_pos)));
         if (dot(face_n, v_pos) > 0.0) face_n = -face_n;
         vec3 n = normalize(v_normal);
         if (dot(n, face_n) < 0.0) n = -n;
-        c *= ambient + diffuse * max(dot(n, light_dir), 0.0);
+        vec3 shade = vec3(ambient);
+        vec3 highlight = vec3(0.0);
+        vec3 to_eye = normalize(-v_pos);
+        for (int i = 0; i < n_lights; ++i) {
+            shade += light_colors[i] * max(dot(n, light_dirs[i]), 0.0);
+            if (specular > 0.0) {
+                vec3 h = normalize(light_dirs[i] + to_eye);
+                highlight += specular * light_colors[i] * pow(max(dot(n, h), 0.0), shininess);
+            }
+        }
+        c = c * shade + highlight;
     }
     f_color = vec4(c, 1.0);
 }
@@ -89,6 +111,7 @@ void main() {
 
 _FLOATS_PER_VERTEX = 12  # position 3, normal 3, colour 3, (u, v, textured) 3
 _MAX_OCCLUDERS = 16
+_MAX_LIGHTS = 4
 # Processes (by pid) that created a GL context in this address space. After fork() a child
 # inherits Mesa's state (locks held by llvmpipe threads that do not exist in the child): making
 # a context there hangs, so we refuse with an explanation instead.
@@ -144,16 +167,7 @@ class Camera:
         coordinates: GL's bottom framebuffer row is image row 0, so the bottom-first read-back is
         already in top-first image order (no flip), and depth increases along +z.
         """
-        K = self.K
-        W, H, n, f = self.width, self.height, self.near, self.far
-        return np.array(
-            [
-                [2 * K[0, 0] / W, 0.0, 2 * (K[0, 2] + 0.5) / W - 1, 0.0],
-                [0.0, 2 * K[1, 1] / H, 2 * (K[1, 2] + 0.5) / H - 1, 0.0],
-                [0.0, 0.0, (f + n) / (f - n), -2 * f * n / (f - n)],
-                [0.0, 0.0, 1.0, 0.0],
-            ]
-        )
+        return _gl_projection(self.K, self.width, self.height, self.near, self.far)
 
     def project(self, points_camera: np.ndarray) -> np.ndarray:
         """Pixel coordinates ``(..., 2)`` (u = column, v = row) of optical-frame points ``(..., 3)``."""
@@ -162,6 +176,18 @@ class Camera:
             raise ValueError(f"points_camera must have shape (..., 3), got {p.shape}")
         uvw = p @ self.K.T
         return uvw[..., :2] / uvw[..., 2:]
+
+
+def _gl_projection(K: np.ndarray, W: int, H: int, n: float, f: float) -> np.ndarray:
+    """:meth:`Camera.gl_projection` for intrinsics ``K`` ``(3, 3)`` and a ``W`` x ``H`` image."""
+    return np.array(
+            [
+                [2 * K[0, 0] / W, 0.0, 2 * (K[0, 2] + 0.5) / W - 1, 0.0],
+                [0.0, 2 * K[1, 1] / H, 2 * (K[1, 2] + 0.5) / H - 1, 0.0],
+                [0.0, 0.0, (f + n) / (f - n), -2 * f * n / (f - n)],
+                [0.0, 0.0, 1.0, 0.0],
+        ]
+    )
 
 
 @dataclass(eq=False)
@@ -257,6 +283,35 @@ class Mesh:
 
 
 @dataclass(frozen=True)
+class Light:
+    """A directional light: ``direction`` ``(3,)`` towards the light in the camera optical frame
+    (normalised on use; the camera looks along +z, so a light behind the camera has z < 0) and
+    ``color`` RGB, the diffuse gain per channel (``(0.65,) * 3`` is the default light)."""
+
+    direction: tuple[float, float, float] = (-0.4, -0.6, -1.0)
+    color: tuple[float, float, float] = (0.65, 0.65, 0.65)
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """Lights of one render: surface colour ``c`` (times the mesh ``tint``) is shaded as
+    ``c * (ambient + sum_i color_i max(0, n . l_i)) + specular * sum_i color_i max(0, n . h_i)^shininess``
+    (Blinn-Phong highlights, white; ``h_i`` the half vector to the eye). At most 4 lights."""
+
+    lights: tuple[Light, ...] = (Light(),)
+    ambient: float = 0.35
+    specular: float = 0.0
+    shininess: float = 32.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= len(self.lights) <= _MAX_LIGHTS:
+            raise ValueError(f"at most {_MAX_LIGHTS} lights, got {len(self.lights)}")
+        for light in self.lights:
+            if not np.linalg.norm(light.direction) > 0:
+                raise ValueError(f"light direction must be non-zero, got {light.direction}")
+
+
+@dataclass(frozen=True)
 class Occluder:
     """A flat, unlit, coloured rectangle in the camera optical frame, parallel to the image plane.
 
@@ -310,6 +365,14 @@ def random_occluders(
     return out
 
 
+def _as_rotation_array(rotation: Any) -> np.ndarray:
+    """``(3, 3)`` float64 numpy array of a numpy or torch rotation."""
+    R = np.asarray(rotation.detach().cpu().numpy() if hasattr(rotation, "detach") else rotation, np.float64)
+    if R.shape != (3, 3):
+        raise ValueError(f"rotation must have shape (3, 3), got {R.shape}")
+    return R
+
+
 @dataclass
 class _Uploaded:
     mesh_ref: Any  # weakref.ref to the Mesh
@@ -325,7 +388,8 @@ class Renderer:
     ``samples``: MSAA samples (0, 2 or 4; llvmpipe offers up to 4). ``supersample``: render at this
     integer factor and box-filter down (combines with MSAA). ``light_dir``: unit vector towards the
     light, fixed in the camera frame (default from the upper left, behind the camera).
-    ``ambient + diffuse * max(0, n . light_dir)`` scales the surface colour.
+    ``ambient + diffuse * max(0, n . light_dir)`` scales the surface colour: the default
+    :attr:`lighting`; a render may pass its own :class:`Lighting`, intrinsics, distance and tint.
     """
 
     camera: Camera = field(default_factory=Camera)
@@ -342,6 +406,11 @@ class Renderer:
         if self.supersample < 1:
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
         self._reset()
+
+    @property
+    def lighting(self) -> Lighting:
+        """The default :class:`Lighting` of this renderer (from ``light_dir``, ``ambient``, ``diffuse``)."""
+        return Lighting((Light(tuple(self.light_dir), (self.diffuse,) * 3),), ambient=self.ambient)  # type: ignore[arg-type]
 
     def _reset(self) -> None:
         self._pid: int | None = None
@@ -382,11 +451,6 @@ class Renderer:
             ctx.framebuffer(color_attachments=[ctx.renderbuffer((W, H), components=4)]) if samples else self._fbo
         )
         prog = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
-        prog["projection"].write(cam.gl_projection().astype("f4").tobytes(order="F"))
-        light = np.asarray(self.light_dir, dtype=np.float64)
-        prog["light_dir"].value = tuple(float(x) for x in light / np.linalg.norm(light))
-        prog["ambient"].value = float(self.ambient)
-        prog["diffuse"].value = float(self.diffuse)
         prog["tex"].value = 0
         self._prog = prog
         self._occ_vbo = ctx.buffer(reserve=_MAX_OCCLUDERS * 6 * _FLOATS_PER_VERTEX * 4)
@@ -429,15 +493,21 @@ class Renderer:
         *,
         background: Sequence[float] | np.ndarray | None = None,
         occluders: Sequence[Occluder] = (),
+        lighting: Lighting | None = None,
+        intrinsics: np.ndarray | None = None,
+        distance: float | None = None,
+        tint: Sequence[float] = (1.0, 1.0, 1.0),
     ) -> np.ndarray:
         """Image ``(H, W, 3)`` uint8 of ``mesh`` at pose ``rotation`` ``(3, 3)`` (numpy or torch).
 
         ``background``: RGB ``(3,)`` in [0, 1] (default ``self.background``) or an image
         ``(H, W, 3)`` uint8 of the output size, composited behind the anti-aliased object.
+        ``lighting``: default :attr:`lighting`. ``intrinsics``: ``K`` ``(3, 3)`` of this render
+        (default ``camera.K``; a shifted principal point or another focal length is what a
+        detector's off-centre or mis-sized crop looks like). ``distance``: of the object origin on
+        the optical axis (default ``camera.distance``). ``tint``: RGB gain of the mesh's colours.
         """
-        R = np.asarray(rotation.detach().cpu().numpy() if hasattr(rotation, "detach") else rotation, np.float64)
-        if R.shape != (3, 3):
-            raise ValueError(f"rotation must have shape (3, 3), got {R.shape}")
+        R = _as_rotation_array(rotation)
         if len(occluders) > _MAX_OCCLUDERS:
             raise ValueError(f"at most {_MAX_OCCLUDERS} occluders, got {len(occluders)}")
         bg = self.background if background is None else background
@@ -451,21 +521,87 @@ class Renderer:
 
         self._ensure_context()
         with self._ctx:  # make this renderer's context current: another Renderer may have switched it
-            return self._draw(mesh, R, bg_arr, bg_image, occluders)
+            rgba = self._draw(mesh, R, (0.0, 0.0, 0.0, 0.0) if bg_image else (*map(float, bg_arr), 1.0),
+                              occluders, lighting, intrinsics, distance, tint)
+        if self.supersample == 1 and not bg_image:
+            return rgba[:, :, :3].copy()
+        img = self._downsample(rgba)
+        if bg_image:  # premultiplied colour (cleared to 0) over the background
+            alpha = img[:, :, 3:4] / 255.0
+            img = img[:, :, :3] + (1.0 - alpha) * bg_arr.astype(np.float32)
+        return np.clip(np.rint(img[:, :, :3]), 0, 255).astype(np.uint8)
 
-    def _draw(self, mesh: Mesh, R: np.ndarray, bg_arr: np.ndarray, bg_image: bool,
-              occluders: Sequence[Occluder]) -> np.ndarray:
-        """The GL part of :meth:`render`, with this renderer's context current."""
+    def render_layer(
+        self,
+        mesh: Mesh,
+        rotation: Any,
+        *,
+        lighting: Lighting | None = None,
+        intrinsics: np.ndarray | None = None,
+        distance: float | None = None,
+        tint: Sequence[float] = (1.0, 1.0, 1.0),
+    ) -> np.ndarray:
+        """``mesh`` alone as a layer ``(H, W, 4)`` float32 in [0, 1], colour premultiplied by alpha
+        (the anti-aliased coverage): ``rgb + (1 - alpha) * under`` composites it over an image.
+        Arguments as :meth:`render`."""
+        R = _as_rotation_array(rotation)
+        self._ensure_context()
+        with self._ctx:
+            rgba = self._draw(mesh, R, (0.0, 0.0, 0.0, 0.0), (), lighting, intrinsics, distance, tint)
+        return self._downsample(rgba) / np.float32(255.0)
+
+    def _downsample(self, rgba: np.ndarray) -> np.ndarray:
+        """``(H s, W s, 4)`` uint8 read-back → ``(H, W, 4)`` float32 box-filtered (``s = supersample``)."""
+        img = rgba.astype(np.float32)
+        s = self.supersample
+        if s > 1:
+            img = img.reshape(self.camera.height, s, self.camera.width, s, 4).mean(axis=(1, 3))
+        return img
+
+    def _set_view(self, lighting: Lighting | None, intrinsics: np.ndarray | None, tint: Sequence[float]) -> None:
+        """Upload the projection, lights and tint of one render."""
+        cam, prog, s = self.camera, self._prog, self.supersample
+        K = cam.K if intrinsics is None else np.asarray(intrinsics, dtype=np.float64)
+        if K.shape != (3, 3):
+            raise ValueError(f"intrinsics must have shape (3, 3), got {K.shape}")
+        Ks = K.copy()
+        Ks[:2, :2] *= s
+        Ks[:2, 2] = (K[:2, 2] + 0.5) * s - 0.5  # the same pixel centres at s times the resolution
+        proj = _gl_projection(Ks, cam.width * s, cam.height * s, cam.near, cam.far)
+        prog["projection"].write(proj.astype("f4").tobytes(order="F"))
+        light = self.lighting if lighting is None else lighting
+        dirs = np.zeros((_MAX_LIGHTS, 3), np.float32)
+        cols = np.zeros((_MAX_LIGHTS, 3), np.float32)
+        for i, li in enumerate(light.lights):
+            d = np.asarray(li.direction, dtype=np.float64)
+            dirs[i] = d / np.linalg.norm(d)
+            cols[i] = li.color
+        prog["n_lights"].value = len(light.lights)
+        prog["light_dirs"].write(dirs.tobytes())
+        prog["light_colors"].write(cols.tobytes())
+        prog["ambient"].value = float(light.ambient)
+        prog["specular"].value = float(light.specular)
+        prog["shininess"].value = float(light.shininess)
+        prog["tint"].value = tuple(float(x) for x in tint)
+
+    def _draw(self, mesh: Mesh, R: np.ndarray, clear: tuple[float, float, float, float],
+              occluders: Sequence[Occluder], lighting: Lighting | None, intrinsics: np.ndarray | None,
+              distance: float | None, tint: Sequence[float]) -> np.ndarray:
+        """The GL part of :meth:`render`, with this renderer's context current: the framebuffer
+        ``(H s, W s, 4)`` uint8, cleared to ``clear``."""
         cam = self.camera
         ctx, prog = self._ctx, self._prog
         up = self._upload(mesh)
+        self._set_view(lighting, intrinsics, tint)
         self._fbo.use()
         ctx.enable(ctx.DEPTH_TEST)
-        clear = (0.0, 0.0, 0.0, 0.0) if bg_image else (float(bg_arr[0]), float(bg_arr[1]), float(bg_arr[2]), 1.0)
         self._fbo.clear(*clear, depth=1.0)
 
         prog["rotation"].write(R.astype("f4").tobytes(order="F"))
-        prog["translation"].value = tuple(float(x) for x in cam.translation)
+        z = cam.distance if distance is None else float(distance)
+        if not cam.near < z < cam.far:
+            raise ValueError(f"distance must lie between the camera's near {cam.near} and far {cam.far}, got {z}")
+        prog["translation"].value = (0.0, 0.0, z)
         prog["lit"].value = True
         if up.texture is not None:
             up.texture.use(0)
@@ -491,16 +627,7 @@ class Renderer:
             ctx.copy_framebuffer(self._resolve, self._fbo)
         s = self.supersample
         raw = self._resolve.read(components=4, alignment=1)
-        rgba = np.frombuffer(raw, dtype=np.uint8).reshape(cam.height * s, cam.width * s, 4)
-        if s == 1 and not bg_image:
-            return rgba[:, :, :3].copy()
-        img = rgba.astype(np.float32)
-        if s > 1:
-            img = img.reshape(cam.height, s, cam.width, s, 4).mean(axis=(1, 3))
-        if bg_image:  # premultiplied colour (cleared to 0) over the background
-            alpha = img[:, :, 3:4] / 255.0
-            img = img[:, :, :3] + (1.0 - alpha) * bg_arr.astype(np.float32)
-        return np.clip(np.rint(img[:, :, :3]), 0, 255).astype(np.uint8)
+        return np.frombuffer(raw, dtype=np.uint8).reshape(cam.height * s, cam.width * s, 4)
 
     def close(self) -> None:
         """Release the GL context of this process (a later render creates a new one)."""
