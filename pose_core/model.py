@@ -76,11 +76,21 @@ class ModelConfig:
 
 @dataclass
 class InferenceSettings:
-    """Coarse-to-fine settings of :meth:`ImageToSphere.predict` (see ``SO3Distribution.from_fourier``)."""
+    """Coarse-to-fine settings of :meth:`ImageToSphere.predict` (see ``SO3Distribution.from_fourier``).
+
+    ``temperature``: the predicted log-density is the network's divided by it (``> 1`` widens the
+    distribution); fitted on held-out data by ``train/calibrate.py``
+    (:func:`pose_core.calibration.fit_temperature`), 1 for an uncalibrated model.
+    """
 
     base_level: int = 3
     target_level: int = 5
     top_k: int = 64
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 class ImageToSphere(nn.Module):
@@ -164,6 +174,12 @@ class ImageToSphere(nn.Module):
         self._check_images(images)
         return self.head(self.encoder(images))
 
+    def calibrated(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """``coeffs`` ``(B, so3_dim)`` of :meth:`forward` with ``inference.temperature`` applied: what
+        :meth:`predict` turns into a distribution (evaluation uses it too; training does not)."""
+        t = self.inference.temperature
+        return coeffs if t == 1.0 else coeffs / t
+
     def grid_logits(self, coeffs: torch.Tensor, level: int | None = None) -> torch.Tensor:
         """Logits ``(B, 72 * 8**level)`` on a grid (default: the training grid) from ``coeffs`` ``(B, so3_dim)``."""
         level = self.config.train_grid_level if level is None else level
@@ -205,7 +221,7 @@ class ImageToSphere(nn.Module):
         else:
             coeffs = self(images.to(self.device))
         return SO3Distribution.from_fourier(
-            coeffs,
+            self.calibrated(coeffs),
             self.lmax,
             base_level=s.base_level if base_level is None else base_level,
             target_level=s.target_level if target_level is None else target_level,

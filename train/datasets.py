@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from train.config import DataConfig, MeshSpec
 
-__all__ = ["build_dataset", "collate", "heldout_config", "resolve_mesh_path", "HELDOUT_SEED_OFFSET"]
+__all__ = ["build_dataset", "collate", "dataset_shapes", "heldout_config", "resolve_mesh_path", "HELDOUT_SEED_OFFSET"]
 
 #: Seed offset of the held-out set of rendered data (other rotations, other occluders).
 HELDOUT_SEED_OFFSET = 1_000_003
@@ -35,6 +35,12 @@ def _mesh_shape(spec: MeshSpec):
     if sym is not None and (sym.ndim != 3 or sym.shape[1:] != (3, 3)):
         raise ValueError(f"mesh {spec.name!r}: symmetries must be (K, 3, 3) nested lists, got shape {sym.shape}")
     return mesh_shape(resolve_mesh_path(spec.path), symmetries=sym, name=spec.name)
+
+
+def dataset_shapes(data: DataConfig) -> list:
+    """The shapes rendered data ``data`` holds: its SYMSOL names, then its meshes as
+    :class:`pose_core.data.shapes.Shape` objects (with their symmetries)."""
+    return list(data.shapes) + [_mesh_shape(m) for m in data.meshes]
 
 
 def heldout_config(data: DataConfig, size: int) -> DataConfig:
@@ -62,8 +68,7 @@ def build_dataset(data: DataConfig) -> Dataset:
     if data.name == "mesh":
         if data.size is None:
             raise ValueError("data.size must be set for rendered data, got None")
-        shapes = list(data.shapes) + [_mesh_shape(m) for m in data.meshes]
-        return ShapesDataset(shapes, size=data.size, image_size=data.image_size, seed=data.seed,
+        return ShapesDataset(dataset_shapes(data), size=data.size, image_size=data.image_size, seed=data.seed,
                              occluders=data.occluders, randomization=data.randomize)
     if data.name == "modelnet10":
         return pdata.ModelNet10SO3(data.root, split=data.split)  # type: ignore[arg-type]

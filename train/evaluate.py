@@ -102,7 +102,7 @@ def evaluate(
     for batch in it:
         images = batch["image"].to(device)
         eq = [e.to(device) for e in batch["equivalents"]]
-        coeffs = model(images).float()  # (B, so3_dim)
+        coeffs = model.calibrated(model(images).float())  # (B, so3_dim), as predict sees them
         dist = SO3Distribution.from_fourier(coeffs, model.lmax, s.base_level, s.target_level, s.top_k)
         errors.append(metrics.nearest_equivalent_error(dist.mode(), eq).cpu())
         lls.append(metrics.grid_log_likelihood(coeffs, model.lmax, eq, level=grid_level).cpu())
