@@ -41,13 +41,25 @@ DATASETS = ("symsol", "symsol_dir", "mesh", "modelnet10", "pascal3d")
 
 @dataclass
 class MeshSpec:
-    """A mesh file rendered like a SYMSOL shape. ``path`` may start with ``pybullet_data/`` (resolved
-    with ``pybullet_data.getDataPath()``). ``symmetries``: ``(K, 3, 3)`` nested lists, identity
-    first (``None``: no symmetry), in the normalised object frame of :func:`pose_core.data.mesh_shape`."""
+    """A mesh file (OBJ, URDF, GLB, STL, PLY...) rendered like a SYMSOL shape. ``path`` may start with
+    ``pybullet_data/`` (resolved with ``pybullet_data.getDataPath()``). Its symmetry: ``symmetry``, a
+    short spec (``cyclic:4``, ``dihedral:2:x``, ``revolution``...: see
+    :func:`pose_core.data.shapes.symmetry_rotations`), or ``symmetries``, ``(K, 3, 3)`` nested
+    lists, identity first; neither: no symmetry. Both are in the normalised object frame of
+    :func:`pose_core.data.mesh_shape`."""
 
     path: str = "pybullet_data/duck_vhacd.urdf"
     name: str = "duck"
     symmetries: list | None = None
+    symmetry: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.symmetry is not None and self.symmetries is not None:
+            raise ValueError(f"mesh {self.name!r}: give symmetry or symmetries, not both")
+        if self.symmetry is not None:
+            from pose_core.data.shapes import symmetry_rotations
+
+            symmetry_rotations(self.symmetry)  # a bad spec fails here, naming the forms
 
 
 @dataclass

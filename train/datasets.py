@@ -30,7 +30,10 @@ def resolve_mesh_path(path: str) -> Path:
 
 def _mesh_shape(spec: MeshSpec):
     from pose_core.data import mesh_shape
+    from pose_core.data.shapes import symmetry_rotations
 
+    if spec.symmetry is not None:
+        return mesh_shape(resolve_mesh_path(spec.path), symmetries=symmetry_rotations(spec.symmetry), name=spec.name)
     sym = None if spec.symmetries is None else np.asarray(spec.symmetries, dtype=np.float64)
     if sym is not None and (sym.ndim != 3 or sym.shape[1:] != (3, 3)):
         raise ValueError(f"mesh {spec.name!r}: symmetries must be (K, 3, 3) nested lists, got shape {sym.shape}")

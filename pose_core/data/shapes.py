@@ -62,7 +62,10 @@ __all__ = [
     "sphere_rotation_set",
     "load_obj",
     "load_urdf",
+    "load_trimesh",
     "mesh_shape",
+    "symmetry_rotations",
+    "SYMMETRY_SPECS",
 ]
 
 #: SYMSOL's shape names, in the order of its ``label_shape`` index.
@@ -627,12 +630,120 @@ def load_urdf(path: str | Path) -> Mesh:
     raise ValueError(f"URDF file {path} has no visual mesh")
 
 
-def mesh_shape(path: str | Path, symmetries: np.ndarray | None = None, name: str | None = None) -> Shape:
-    """A :class:`Shape` from an OBJ or URDF file, centred on its bounding-box centre and scaled to fit
-    the unit sphere (so it fills the default view like the SYMSOL shapes). ``symmetries``
-    ``(K, 3, 3)`` (identity first; default: the identity only) are in that normalised object frame."""
+#: Mesh formats read with ``trimesh`` (OBJ and URDF have their own loaders here).
+TRIMESH_SUFFIXES = (".glb", ".gltf", ".stl", ".ply", ".off", ".dae")
+
+
+def load_trimesh(path: str | Path, color: Sequence[float] = (0.8, 0.8, 0.8)) -> Mesh:
+    """A :class:`Mesh` from a file ``trimesh`` reads (GLB/glTF, STL, PLY, OFF, DAE): all geometry of the
+    scene in its frame, with vertex or face colours where the file has them, else the material's base
+    colour, else ``color`` (textures are not read: their mean colour is used when it is a texture)."""
     path = Path(path)
-    mesh = load_urdf(path) if path.suffix.lower() == ".urdf" else load_obj(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mesh file not found: {path}")
+    try:
+        import trimesh
+    except ImportError as exc:  # pragma: no cover - trimesh is in requirements.txt
+        raise ValueError(f"reading {path.suffix} meshes needs trimesh: {exc}") from exc
+    try:
+        loaded = trimesh.load(str(path), force="scene")
+        geoms = loaded.dump() if hasattr(loaded, "dump") else [loaded]
+    except Exception as exc:  # trimesh raises many kinds on a bad file
+        raise ValueError(f"could not read mesh {path}: {type(exc).__name__}: {exc}") from exc
+    parts_v, parts_f, parts_c = [], [], []
+    offset = 0
+    for g in geoms:
+        if not hasattr(g, "faces") or len(g.faces) == 0:
+            continue
+        v = np.asarray(g.vertices, dtype=np.float64)
+        f = np.asarray(g.faces, dtype=np.int64)
+        fc = np.broadcast_to(np.asarray(color, dtype=np.float64), (len(f), 3)).copy()
+        visual = getattr(g, "visual", None)
+        try:
+            if visual is not None and visual.kind == "texture":
+                visual = visual.to_color()
+            if visual is not None and visual.kind in ("face", "vertex"):
+                fc = np.asarray(visual.face_colors, dtype=np.float64)[:, :3] / 255.0
+        except Exception:  # noqa: BLE001 - colours are a nicety; geometry is what matters
+            pass
+        parts_v.append(v)
+        parts_f.append(f + offset)
+        parts_c.append(fc)
+        offset += len(v)
+    if not parts_f:
+        raise ValueError(f"mesh file {path} has no faces")
+    return Mesh.from_indexed(np.concatenate(parts_v), np.concatenate(parts_f), np.concatenate(parts_c),
+                             per_face=True, name=path.stem)
+
+
+def _axis_frame(axis: str) -> np.ndarray:
+    """Rotation ``(3, 3)`` taking z onto the object ``axis`` (x, y or z)."""
+    if axis == "z":
+        return np.eye(3)
+    if axis == "x":
+        return _rot((0.0, 1.0, 0.0), math.pi / 2)
+    if axis == "y":
+        return _rot((1.0, 0.0, 0.0), -math.pi / 2)
+    raise ValueError(f"symmetry axis must be x, y or z, got {axis!r}")
+
+
+#: Forms of :func:`symmetry_rotations`'s ``spec``.
+SYMMETRY_SPECS = ("none", "cyclic:N[:axis]", "dihedral:N[:axis]", "revolution[:axis]", "revolution+flip[:axis]")
+
+
+def symmetry_rotations(spec: str | None) -> np.ndarray:
+    """Symmetry rotations ``(K, 3, 3)`` float64 (identity first) of an object from a short ``spec``:
+
+    * ``none`` (or ``None``): the identity only;
+    * ``cyclic:N[:axis]``: ``N`` turns about ``axis`` (default ``z``) — a square box seen end on;
+    * ``dihedral:N[:axis]``: those turns, each also composed with a half turn about a perpendicular
+      axis (``dihedral:2``: a box with three different sides, a Jenga block);
+    * ``revolution[:axis]``: a solid of revolution (a cone, a cup without handle): 360 one-degree turns
+      as SYMSOL's cone; ``revolution+flip[:axis]``: also symmetric end to end (a cylinder, 720).
+
+    Axes are those of the normalised object frame of :func:`mesh_shape` (the mesh file's frame).
+    """
+    if spec is None or spec == "none":
+        return np.eye(3)[None]
+    parts = spec.split(":")
+    kind = parts[0]
+    try:
+        if kind in ("cyclic", "dihedral"):
+            if len(parts) not in (2, 3):
+                raise ValueError
+            n, axis = int(parts[1]), parts[2] if len(parts) == 3 else "z"
+            if n < 1:
+                raise ValueError
+        elif kind in ("revolution", "revolution+flip"):
+            if len(parts) > 2:
+                raise ValueError
+            n, axis = _SEGMENTS, parts[1] if len(parts) == 2 else "z"
+        else:
+            raise ValueError
+        frame = _axis_frame(axis)
+    except ValueError:
+        raise ValueError(f"bad symmetry {spec!r}; expected one of {', '.join(SYMMETRY_SPECS)} "
+                         "(N a positive integer, axis x, y or z)") from None
+    turns = _turns_about_z(n)
+    if kind in ("dihedral", "revolution+flip"):
+        flip = _rot((1.0, 0.0, 0.0), math.pi)
+        turns = np.stack([T @ F for T in turns for F in (np.eye(3), flip)])
+    return np.einsum("ij,kjl,ml->kim", frame, turns, frame)
+
+
+def mesh_shape(path: str | Path, symmetries: np.ndarray | None = None, name: str | None = None) -> Shape:
+    """A :class:`Shape` from an OBJ or URDF file (or a format of :data:`TRIMESH_SUFFIXES`), centred on its
+    bounding-box centre and scaled to fit the unit sphere (so it fills the default view like the
+    SYMSOL shapes). ``symmetries`` ``(K, 3, 3)`` (identity first; default: the identity only) are in
+    that normalised object frame (:func:`symmetry_rotations` makes the common ones)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".urdf":
+        mesh = load_urdf(path)
+    elif suffix in TRIMESH_SUFFIXES:
+        mesh = load_trimesh(path)
+    else:
+        mesh = load_obj(path)
     centre = 0.5 * (mesh.positions.min(0) + mesh.positions.max(0))
     pos = mesh.positions - centre
     pos = pos / np.linalg.norm(pos, axis=1).max()
