@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     from pose_core.model import load_model, read_checkpoint, save_checkpoint
     from train.config import config_from_dict
+    from train.datasets import rendered_source
     from train.robustness import checkpoint_shapes
 
     p = argparse.ArgumentParser(prog="train/calibrate.py", description=__doc__.split("\n\n")[0])
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
         p.error(str(exc))
     raw = (payload.get("meta") or {}).get("train_config") or payload.get("train_config")
-    recipe = config_from_dict(raw).data.randomize
+    recipe = rendered_source(config_from_dict(raw).data).randomize
     model = load_model(args.checkpoint, device=args.device)
     model.inference.temperature = 1.0  # fit from the network's own output
     result = calibrate(model, shapes, size, seed + CALIBRATION_SEED_OFFSET, recipe, per_shape=args.per_shape)

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: Dataset kinds understood by :func:`train.datasets.build_dataset`.
-DATASETS = ("symsol", "symsol_dir", "mesh", "modelnet10", "pascal3d")
+DATASETS = ("symsol", "symsol_dir", "mesh", "shards", "modelnet10", "pascal3d")
 
 
 @dataclass
@@ -71,6 +71,8 @@ class DataConfig:
     * ``symsol_dir``: a written SYMSOL split under ``root`` (``split``; ``size`` ``None`` = all).
     * ``mesh``: ``meshes`` (mesh files with their symmetries) together with the SYMSOL ``shapes``
       (may be empty), rendered on the fly with the same seed scheme.
+    * ``shards``: items pre-rendered under ``root`` by ``train/render_shards.py`` from a ``symsol`` or
+      ``mesh`` config (recorded in the shards; its held-out twin is rendered on the fly).
     * ``modelnet10``, ``pascal3d``: the public datasets under ``root`` (``split``).
 
     ``randomize`` (rendered data only): domain randomisation, a
@@ -94,7 +96,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             raise ValueError(f"data.name must be one of {DATASETS}, got {self.name!r}")
-        if self.name in ("symsol_dir", "modelnet10", "pascal3d") and not self.root:
+        if self.name in ("symsol_dir", "shards", "modelnet10", "pascal3d") and not self.root:
             raise ValueError(f"data.name={self.name!r} needs data.root (the dataset folder), got {self.root!r}")
         if self.name == "mesh" and not self.meshes:
             raise ValueError("data.name='mesh' needs at least one entry in data.meshes")

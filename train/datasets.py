@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 from train.config import DataConfig, MeshSpec
 
-__all__ = ["build_dataset", "collate", "dataset_shapes", "heldout_config", "resolve_mesh_path", "HELDOUT_SEED_OFFSET"]
+__all__ = ["build_dataset", "collate", "dataset_shapes", "heldout_config", "rendered_dataset", "rendered_source",
+           "resolve_mesh_path", "shard_source", "HELDOUT_SEED_OFFSET"]
 
 #: Seed offset of the held-out set of rendered data (other rotations, other occluders).
 HELDOUT_SEED_OFFSET = 1_000_003
@@ -46,9 +47,40 @@ def dataset_shapes(data: DataConfig) -> list:
     return list(data.shapes) + [_mesh_shape(m) for m in data.meshes]
 
 
+def shard_source(data: DataConfig) -> DataConfig:
+    """The rendered-data config that the shards under ``data.root`` were written from."""
+    from pose_core.data.shards import read_manifest
+    from train.config import _coerce
+
+    source = read_manifest(data.root).get("source")  # type: ignore[arg-type]
+    if not isinstance(source, dict):
+        raise ValueError(f"shards under {data.root} do not record the data config they were rendered from")
+    return _coerce(source, DataConfig, "shards.source")
+
+
+def rendered_source(data: DataConfig) -> DataConfig:
+    """``data`` itself, or for ``shards`` the rendered-data config they were written from."""
+    return shard_source(data) if data.name == "shards" else data
+
+
+def rendered_dataset(data: DataConfig):
+    """A :class:`pose_core.data.meshes.ShapesDataset` of rendered data ``data`` (``symsol`` or ``mesh``):
+    for SYMSOL names the very images of ``SymsolLikeDataset``."""
+    from pose_core.data.meshes import ShapesDataset
+
+    if data.name not in ("symsol", "mesh"):
+        raise ValueError(f"not rendered data: {data.name!r}")
+    if data.size is None:
+        raise ValueError("data.size must be set for rendered data, got None")
+    return ShapesDataset(dataset_shapes(data), size=data.size, image_size=data.image_size, seed=data.seed,
+                         occluders=data.occluders, randomization=data.randomize)
+
+
 def heldout_config(data: DataConfig, size: int) -> DataConfig:
-    """The held-out twin of ``data``: rendered data with another seed and ``size`` items per shape;
-    on-disk data with split ``test``."""
+    """The held-out twin of ``data``: rendered data with another seed and ``size`` items per shape
+    (for shards: of the config they were rendered from); on-disk data with split ``test``."""
+    if data.name == "shards":
+        data = shard_source(data)
     if data.name in ("symsol", "mesh"):
         return dataclasses.replace(data, seed=data.seed + HELDOUT_SEED_OFFSET, size=size)
     return dataclasses.replace(data, split="test", size=None, pascal_warp=False, pascal_synth=False)
@@ -58,21 +90,20 @@ def build_dataset(data: DataConfig) -> Dataset:
     """The dataset ``data`` describes. Items: dicts with ``image`` ``(3, H, W)``, ``rotation`` ``(3, 3)``,
     ``equivalents`` ``(K, 3, 3)``, ``shape`` str (batch with ``pose_core.data.collate_symsol``)."""
     from pose_core import data as pdata
-    from pose_core.data.meshes import ShapesDataset
 
     if data.name == "symsol" and data.randomize is not None:  # the same images, randomised
-        return ShapesDataset(list(data.shapes), size=int(data.size or 1000), image_size=data.image_size,
-                             seed=data.seed, randomization=data.randomize)
+        return rendered_dataset(data)
     if data.name == "symsol":
         return pdata.SymsolLikeDataset(data.shapes, size=data.size, image_size=data.image_size, seed=data.seed,
                                        occluders=data.occluders)
     if data.name == "symsol_dir":
         return pdata.SymsolLikeDataset(data.shapes, size=data.size, root=data.root, split=data.split)
     if data.name == "mesh":
-        if data.size is None:
-            raise ValueError("data.size must be set for rendered data, got None")
-        return ShapesDataset(dataset_shapes(data), size=data.size, image_size=data.image_size, seed=data.seed,
-                             occluders=data.occluders, randomization=data.randomize)
+        return rendered_dataset(data)
+    if data.name == "shards":
+        from pose_core.data.shards import ShardDataset
+
+        return ShardDataset(data.root, dataset_shapes(shard_source(data)))  # type: ignore[arg-type]
     if data.name == "modelnet10":
         return pdata.ModelNet10SO3(data.root, split=data.split)  # type: ignore[arg-type]
     if data.name == "pascal3d":

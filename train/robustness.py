@@ -221,15 +221,21 @@ def write_montage(result: dict[str, Any], path: str | Path, scale: int = 1) -> P
 def checkpoint_shapes(payload: dict) -> tuple[list[Any], int, int]:
     """``(shapes, image_size, data seed)`` of a checkpoint's training data (rendered data only)."""
     from train.config import config_from_dict
-    from train.datasets import dataset_shapes
+    from train.datasets import dataset_shapes, rendered_source
 
     raw = (payload.get("meta") or {}).get("train_config") or payload.get("train_config")
     if not isinstance(raw, dict):
         raise ValueError("the checkpoint holds no training config: cannot tell which shapes it knows")
-    cfg = config_from_dict(raw)
-    if cfg.data.name not in ("symsol", "mesh"):
-        raise ValueError(f"the suite renders shapes; this checkpoint was trained on {cfg.data.name!r}")
-    return dataset_shapes(cfg.data), int(cfg.data.image_size), int(cfg.data.seed)
+    data = config_from_dict(raw).data
+    if data.name == "shards":
+        try:
+            data = rendered_source(data)
+        except ValueError as exc:
+            raise ValueError(f"the checkpoint was trained on shards that are not here to tell its shapes: {exc}") \
+                from exc
+    if data.name not in ("symsol", "mesh"):
+        raise ValueError(f"the suite renders shapes; this checkpoint was trained on {data.name!r}")
+    return dataset_shapes(data), int(data.image_size), int(data.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

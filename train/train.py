@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pose_core import grids
 from pose_core.model import ImageToSphere, read_checkpoint, save_checkpoint
 from train.config import TrainConfig, config_from_dict, config_to_dict, load_config
-from train.datasets import HELDOUT_SEED_OFFSET, build_dataset, collate, heldout_config
+from train.datasets import HELDOUT_SEED_OFFSET, build_dataset, collate, heldout_config, rendered_source
 
 __all__ = ["run", "main", "make_scheduler_lambda", "ResumableSampler", "checkpoint_path", "hardware_info"]
 
@@ -213,7 +213,7 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
 
     # ------------------------------------------------------------------ model, optimizer
     model = ImageToSphere(**dataclasses.asdict(cfg.model)).to(device)
-    model.input_size = cfg.data.image_size  # the checkpoint carries it: predict and the node resize to it
+    model.input_size = rendered_source(cfg.data).image_size  # in the checkpoint: predict and the node resize to it
     if cfg.init_from is not None and resume is None:
         _init_weights(model, cfg)
         if is_main:

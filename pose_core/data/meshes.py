@@ -117,6 +117,7 @@ class ShapesDataset(Dataset):
             img, info = compose(self.renderer, shape.mesh, R, self.randomization, entropy)
             distance = info["distance"]
             extra["occluded"] = info["occluded"]
+            extra["distance"] = distance
         eq = shape.equivalent_rotations(R, distance=distance)
         return {
             **extra,
