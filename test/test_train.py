@@ -55,6 +55,13 @@ def test_config_overrides_and_errors(tmp_path):
     assert demo.model.encoder == "mobilenet_v2" and demo.data.meshes[0].name == "duck"
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "config" / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_training_config_loads(path):
+    cfg = load_config(path)
+    if "randomized" in path.name:  # the camera-robust recipes randomise every image
+        assert cfg.data.randomize is not None
+
+
 def test_training_lowers_loss_on_fixed_batch(tmp_path):
     # 4 images (2 shapes x 2), batch 4: every step sees the same batch (AdamW, lr 1e-3).
     cfg = _cfg(tmp_path, "data.size=2", "max_steps=20", "eval.every=null", "checkpoint_every=null")
