@@ -4,7 +4,8 @@
 #   2. the tests that need CUDA (test/test_cuda.py; they skip, with the reason, elsewhere) and the
 #      library's own tests on that machine;
 #   3. the GPU benchmark: bench/run.py --device cuda (torch.cuda.synchronize around every timing);
-#   4. a two-minute GPU training run (config/train/gpu_check.yaml, bf16) and its evaluation.
+#   4. a two-minute GPU training run (config/train/gpu_check.yaml, bf16) and its evaluation;
+#   5. rendering throughput of training data on that machine's EGL (bench/render_throughput.py).
 # Writes $OUT/gpu_check.json (what ran, how long, the exit status of each step) beside the logs,
 # the benchmark JSON and the evaluation JSON.
 #   OUT=/tmp/gpu bash bench/gpu_check.sh
@@ -54,6 +55,9 @@ if [ -n "$CKPT" ]; then
   step evaluate 60 "$PY" train/evaluate.py --checkpoint "$CKPT" --dataset config/train/gpu_check.yaml \
       --size 20 --grid-level 4 --json "$OUT/eval_gpu.json" --device cuda
 fi
+
+# 5. rendering throughput (plain and randomised, per process and per DataLoader worker)
+step render 120 "$PY" bench/render_throughput.py --workers 1,4 --json "$OUT/render_gpu.json"
 
 {
   echo "{"

@@ -115,6 +115,9 @@ def test_robustness_command(tiny_checkpoint, tmp_path):
     assert abs(result["conditions"]["occl_40_60"]["mean"]["occluded"] - 0.5) <= 0.15
     assert result["conditions"]["clean"]["mean"]["occluded"] == 0.0
     assert png.stat().st_size > 1000
+    assert "entropy on inputs unlike the training data" in proc.stdout
+    assert set(result["ood_entropy"]) == {"empty_photo", "empty_grey", "unknown_object"}
+    assert all(-20 < v <= math.log(math.pi**2) + 1e-6 for v in result["ood_entropy"].values())
     bad = _run("train/robustness.py", "--checkpoint", str(tiny_checkpoint), "--conditions", "rain")
     assert bad.returncode == 2 and "unknown condition 'rain'" in bad.stderr
 

@@ -18,7 +18,9 @@ equivalent): ``acc@15``, ``acc@30``, ``median_deg``, ``ll`` (grid log-likelihood
 the truth lies in the 50 % / 90 % highest-density region, at grid level 3:
 :mod:`pose_core.calibration`), and ``occluded`` (mean fraction of the object actually covered).
 The table goes to stdout; ``--json`` writes every number (per shape too); ``--montage`` a picture:
-one row per condition, one image per shape, each with its error.
+one row per condition, one image per shape, each with its error. Then (unless ``--no-ood``) the mean
+entropy on inputs unlike any training image (:data:`OOD_INPUTS`: no object on a held-out photo or on
+grey, an unknown object), JSON key ``ood_entropy``: an honest model is unsure there.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from pose_core.data.randomize import Randomization
 from pose_core.distribution import SO3Distribution
 from pose_core.model import ImageToSphere
 
-__all__ = ["CONDITIONS", "SUITE_SEED_OFFSET", "condition", "run_suite", "format_table", "main", "METRICS"]
+__all__ = ["CONDITIONS", "OOD_INPUTS", "SUITE_SEED_OFFSET", "condition", "run_suite", "ood_entropy", "format_table",
+           "main", "METRICS"]
 
 #: Added to the training data seed for the suite's renders (not the held-out twin's nor calibration's).
 SUITE_SEED_OFFSET = 2_000_029
@@ -78,6 +81,45 @@ CONDITIONS: dict[str, dict[str, Any]] = {
                       "light_intensity": [0.65, 0.65], "light_color": 0.0, "ambient": [0.35, 0.35],
                       "specular": [0.0, 0.0]},
 }
+
+
+#: Inputs unlike any training image, for :func:`ood_entropy`: no object on a held-out photo or on
+#: grey, and an object the model never saw (the pybullet_data bunny, plain render).
+OOD_INPUTS = ("empty_photo", "empty_grey", "unknown_object")
+_UNKNOWN_MESH = "pybullet_data/bunny.obj"
+
+
+@torch.no_grad()
+def ood_entropy(model: ImageToSphere, image_size: int, n: int = 40, seed: int = SUITE_SEED_OFFSET,
+                batch_size: int = 32) -> dict[str, float]:
+    """Mean entropy (nats; uniform 2.29) of the model's distributions on :data:`OOD_INPUTS`, ``n`` each.
+    An honest model is unsure there: its entropy rises above that on clean images of its objects."""
+    from pose_core import preprocess
+    from pose_core.data.backgrounds import PhotoLibrary, procedural
+    from train.datasets import resolve_mesh_path
+
+    rng = np.random.default_rng(seed)
+    photos = PhotoLibrary(split="heldout")
+    images = {
+        "empty_photo": [photos.crop(rng, image_size, image_size) for _ in range(n)],
+        "empty_grey": [procedural("grey", rng, image_size, image_size)] * n,
+    }
+    from pose_core.data.shapes import mesh_shape
+
+    bunny = mesh_shape(resolve_mesh_path(_UNKNOWN_MESH), name="bunny")
+    data = ShapesDataset([bunny], size=n, image_size=image_size, seed=seed)
+    images["unknown_object"] = [(data[i]["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                                for i in range(n)]
+    model.eval()
+    out = {}
+    for name, imgs in images.items():
+        ents = []
+        for start in range(0, n, batch_size):
+            x = preprocess.to_tensor(np.stack(imgs[start:start + batch_size])).to(model.device)
+            logits = model.grid_logits(model.calibrated(model(x).float()), COVERAGE_LEVEL)
+            ents.append(calibration.entropy(logits).cpu())
+        out[name] = float(torch.cat(ents).mean())
+    return out
 
 
 def condition(name: str) -> Randomization:
@@ -251,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", default=None, help="write every number here")
     p.add_argument("--montage", default=None, help="write a PNG: one row per condition, one image per shape")
+    p.add_argument("--no-ood", action="store_true", help="skip the entropy on inputs unlike the training data")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if args.per_shape < 1:
@@ -270,6 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.checkpoint}: {args.per_shape} images per shape and condition, temperature "
           f"{model.inference.temperature:.3g}, {result['seconds']:.0f} s (uniform: LL -2.29, entropy 2.29)")
     print(format_table(result))
+    if not args.no_ood:
+        result["ood_entropy"] = ood_entropy(model, size, n=args.per_shape, seed=seed + args.seed_offset)
+        clean = result["conditions"].get("clean", {}).get("mean", {}).get("entropy")
+        print("entropy on inputs unlike the training data (nats; uniform 2.29"
+              + (f", clean {clean:.2f}" if clean is not None else "") + "): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in result["ood_entropy"].items()))
     if args.montage:
         print(f"montage: {write_montage(result, args.montage)}")
     if args.json:
