@@ -238,3 +238,18 @@ def test_dataset_and_config_carry_the_randomisation():
         config_from_dict({"data": {"name": "symsol", "occluders": 2, "randomize": {}}})
     with pytest.raises(ValueError, match="rendered data"):
         config_from_dict({"data": {"name": "modelnet10", "root": "/x", "randomize": {}}})
+
+
+def test_workers_render_the_same_items_as_the_main_process():
+    """What training sees (spawned DataLoader workers) is what the seed says: the same images."""
+    from torch.utils.data import DataLoader
+
+    from train.datasets import collate
+
+    data = ShapesDataset(["cube", "cone"], size=3, image_size=SIZE, seed=4,
+                         randomization=Randomization())
+    loader = DataLoader(data, batch_size=6, num_workers=1, collate_fn=collate, multiprocessing_context="spawn")
+    batch = next(iter(loader))
+    direct = collate([data[i] for i in range(6)])
+    assert torch.equal(batch["image"], direct["image"])
+    assert torch.equal(batch["rotation"], direct["rotation"])
