@@ -46,19 +46,15 @@ def collect_logits(model: ImageToSphere, datasets: Sequence[ShapesDataset], leve
     from train.datasets import collate
 
     model.eval()
-    logits, cells, masks = [], [], []
+    logits, equivalents = [], []
     for data in datasets:
         for start in range(0, len(data), batch_size):
             batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
             coeffs = model(batch["image"].to(model.device)).float()
             logits.append(model.grid_logits(coeffs, level).cpu())
-            c, m = calibration.truth_cells(batch["equivalents"], level)
-            cells.append(c)
-            masks.append(m)
-    k = max(c.shape[1] for c in cells)
-    pad = [torch.nn.functional.pad(c, (0, k - c.shape[1])) for c in cells]
-    padm = [torch.nn.functional.pad(m, (0, k - m.shape[1]), value=False) for m in masks]
-    return torch.cat(logits), torch.cat(pad), torch.cat(padm)
+            equivalents.extend(batch["equivalents"])
+    cells, mask = calibration.truth_cells(equivalents, level)
+    return torch.cat(logits), cells, mask
 
 
 def calibrate(model: ImageToSphere, shapes: Sequence[Any], image_size: int, seed: int,

@@ -100,22 +100,21 @@ def ood_entropy(model: ImageToSphere, image_size: int, n: int = 40, seed: int = 
 
     rng = np.random.default_rng(seed)
     photos = PhotoLibrary(split="heldout")
-    images = {
-        "empty_photo": [photos.crop(rng, image_size, image_size) for _ in range(n)],
-        "empty_grey": [procedural("grey", rng, image_size, image_size)] * n,
-    }
     from pose_core.data.shapes import mesh_shape
 
     bunny = mesh_shape(resolve_mesh_path(_UNKNOWN_MESH), name="bunny")
     data = ShapesDataset([bunny], size=n, image_size=image_size, seed=seed)
-    images["unknown_object"] = [(data[i]["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                                for i in range(n)]
+    images = {  # (n, 3, H, W) in [0, 1]
+        "empty_photo": preprocess.to_tensor(np.stack([photos.crop(rng, image_size, image_size) for _ in range(n)])),
+        "empty_grey": preprocess.to_tensor(np.stack([procedural("grey", rng, image_size, image_size)] * n)),
+        "unknown_object": torch.stack([data[i]["image"] for i in range(n)]),
+    }
     model.eval()
     out = {}
     for name, imgs in images.items():
         ents = []
         for start in range(0, n, batch_size):
-            x = preprocess.to_tensor(np.stack(imgs[start:start + batch_size])).to(model.device)
+            x = imgs[start:start + batch_size].to(model.device)
             logits = model.grid_logits(model.calibrated(model(x).float()), COVERAGE_LEVEL)
             ents.append(calibration.entropy(logits).cpu())
         out[name] = float(torch.cat(ents).mean())

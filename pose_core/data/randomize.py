@@ -223,6 +223,12 @@ def _shifted(layer: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
+def _mass_centre(alpha: np.ndarray) -> tuple[float, float]:
+    """``(row, column)`` centre of the pixels of ``alpha`` ``(H, W)`` above 0.5 (any above 0 if none)."""
+    ys, xs = np.nonzero(alpha > 0.5) if (alpha > 0.5).any() else np.nonzero(alpha > 0)
+    return float(ys.mean()), float(xs.mean())
+
+
 def _patch_alpha(rng: np.random.Generator, H: int, W: int, size: float) -> np.ndarray:
     """A random patch mask ``(H, W)`` float in [0, 1] centred in the image, about ``size`` px across."""
     y, x = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -259,7 +265,7 @@ def _occlude(cfg: Randomization, rng: np.random.Generator, renderer: Renderer, o
     ys, xs = np.nonzero(obj_alpha > 0.5)
     if len(ys) == 0:
         return image, target, 0.0
-    cy, cx = float(ys.mean()), float(xs.mean())
+    cy, cx = _mass_centre(obj_alpha)
     extent = float(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
     use_mesh = bool(distractor_meshes) and rng.random() < cfg.occluder_mesh_p
     if use_mesh:
@@ -278,8 +284,7 @@ def _occlude(cfg: Randomization, rng: np.random.Generator, renderer: Renderer, o
     la = layer[..., 3]
     if la.sum() < 1e-6:
         return image, target, 0.0
-    ly, lx = np.nonzero(la > 0.5) if (la > 0.5).any() else np.nonzero(la > 0)
-    oy, ox = float(ly.mean()), float(lx.mean())
+    oy, ox = _mass_centre(la)
     phi = rng.uniform(0, 2 * math.pi)
     dirv = (math.sin(phi), math.cos(phi))
 
@@ -293,15 +298,13 @@ def _occlude(cfg: Randomization, rng: np.random.Generator, renderer: Renderer, o
 
     lo, hi = 0.0, 2.0 * (extent + max(H, W))
     if covered(lo) < target:  # the occluder cannot cover that much from the centre: grow it
+        # enlarge x1.4 by nearest-neighbour resampling about the image centre
+        yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+        sy = np.clip(((yy - (H - 1) / 2) / 1.4 + (H - 1) / 2).round().astype(int), 0, H - 1)
+        sx = np.clip(((xx - (W - 1) / 2) / 1.4 + (W - 1) / 2).round().astype(int), 0, W - 1)
         for _ in range(4):
-            # enlarge by nearest-neighbour resampling about the image centre
-            yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-            sy = np.clip(((yy - (H - 1) / 2) / 1.4 + (H - 1) / 2).round().astype(int), 0, H - 1)
-            sx = np.clip(((xx - (W - 1) / 2) / 1.4 + (W - 1) / 2).round().astype(int), 0, W - 1)
             layer = layer[sy, sx]
-            la = layer[..., 3]
-            ly, lx = np.nonzero(la > 0.5) if (la > 0.5).any() else np.nonzero(la > 0)
-            oy, ox = float(ly.mean()), float(lx.mean())
+            oy, ox = _mass_centre(layer[..., 3])
             if covered(lo) >= target:
                 break
     best_t, best_err = lo, abs(covered(lo) - target)
