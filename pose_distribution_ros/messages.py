@@ -2,8 +2,9 @@
 
 Out: a :class:`pose_core.pipeline.ObjectEstimate` (quaternions ``(x, y, z, w)``, translation,
 6x6 covariance, samples, modes, all computed once by the pipeline) becomes
-``PoseDistribution``, ``PoseWithCovarianceStamped``, ``PoseArray`` and ``TransformStamped``
-messages. In: a ``vision_msgs/Detection2DArray`` becomes :class:`pose_core.pipeline.Box` es.
+``PoseDistribution``, ``PoseWithCovarianceStamped``, ``PoseArray``, ``TransformStamped``,
+``vision_msgs/Detection3D`` and ``visualization_msgs/Marker`` messages (marker geometry from
+:mod:`pose_core.markers`). In: a ``vision_msgs/Detection2DArray`` becomes :class:`pose_core.pipeline.Box` es.
 Conventions are those of ``msg/PoseDistribution.msg`` and :mod:`pose_core.so3`: a pose maps
 object-frame points into the header frame, i.e. it is the transform
 ``header.frame_id -> object_frame_id``.
@@ -18,7 +19,11 @@ from typing import Any
 import numpy as np
 from geometry_msgs.msg import Point, Pose, PoseArray, PoseWithCovarianceStamped, Quaternion, TransformStamped, Vector3
 from pose_distribution.msg import PoseDistribution, PoseDistributionArray, RotationMode
+from std_msgs.msg import ColorRGBA
+from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+from visualization_msgs.msg import Marker
 
+from pose_core import markers
 from pose_core.pipeline import Box, ObjectEstimate
 
 __all__ = [
@@ -30,8 +35,18 @@ __all__ = [
     "pose_array_msg",
     "transform_msg",
     "detection_boxes",
+    "detection_class_ids",
     "frame_suffix",
+    "detection3d_msg",
+    "detection3d_array_msg",
+    "MARKER_IDS",
+    "marker_msgs",
+    "delete_marker_msgs",
 ]
+
+#: Marker ids within an object's namespace: its mode's axes, its samples' axes, its translation
+#: ellipsoid, its label.
+MARKER_IDS = {"mode": 0, "samples": 1, "ellipsoid": 2, "label": 3}
 
 
 def quaternion_msgs(quaternions: np.ndarray) -> list[Quaternion]:
@@ -143,3 +158,118 @@ def detection_boxes(msg: Any) -> list[Box]:
             )
         )
     return boxes
+
+
+def detection_class_ids(msg: Any) -> list[str]:
+    """Per detection of a ``vision_msgs/Detection2DArray``: the ``class_id`` of its highest-scoring
+    result ("" without results), in message order (the order of :func:`detection_boxes`)."""
+    out = []
+    for det in msg.detections:
+        best = max(det.results, key=lambda r: float(r.hypothesis.score), default=None)
+        out.append("" if best is None else str(best.hypothesis.class_id))
+    return out
+
+
+def detection3d_msg(
+    estimate: ObjectEstimate, header: Any, class_id: str, size: Sequence[float], detection_id: str
+) -> Detection3D:
+    """``vision_msgs/Detection3D`` of ``estimate``: one result with ``class_id``, score = the
+    probability mass of the published mode (``mode_mass[0]``: within ``mode_radius_deg`` of it),
+    pose = the mode with the 6x6 covariance; ``bbox`` centred on the mode, ``size`` (m, object
+    axes; zeros when unknown)."""
+    msg = Detection3D()
+    msg.header = header
+    msg.id = detection_id
+    result = ObjectHypothesisWithPose()
+    result.hypothesis.class_id = class_id
+    result.hypothesis.score = float(estimate.mode_mass[0]) if len(estimate.mode_mass) else 0.0
+    result.pose.pose = pose_msg(estimate.orientation, estimate.translation)
+    result.pose.covariance = np.asarray(estimate.covariance, dtype=np.float64).reshape(36)
+    msg.results = [result]
+    msg.bbox.center = pose_msg(estimate.orientation, estimate.translation)
+    sx, sy, sz = (float(v) for v in size)
+    msg.bbox.size = Vector3(x=sx, y=sy, z=sz)
+    return msg
+
+
+def detection3d_array_msg(header: Any, detections: Sequence[Detection3D]) -> Detection3DArray:
+    """``vision_msgs/Detection3DArray`` of the detections of one image."""
+    return Detection3DArray(header=header, detections=list(detections))
+
+
+def _color(rgba: Sequence[float]) -> ColorRGBA:
+    r, g, b, a = (float(v) for v in rgba)
+    return ColorRGBA(r=r, g=g, b=b, a=a)
+
+
+def _marker(header: Any, ns: str, kind: str, marker_type: int) -> Marker:
+    m = Marker()
+    m.header = header
+    m.ns = ns
+    m.id = MARKER_IDS[kind]
+    m.type = marker_type
+    m.action = Marker.ADD
+    m.pose.orientation.w = 1.0
+    return m
+
+
+def marker_msgs(
+    estimate: ObjectEstimate, header: Any, ns: str, axis_length: float, label: str, max_samples: int
+) -> list[Marker]:
+    """Markers of one object in namespace ``ns`` (ids :data:`MARKER_IDS`): the mode's axes
+    (LINE_LIST, RViz colours), the first ``max_samples`` samples as short triads (half
+    ``axis_length``, opacity by weight), the translation's 95 % ellipsoid (SPHERE) where the
+    covariance has a translation block, and ``label`` above the object (TEXT_VIEW_FACING).
+    Markers that do not apply (no ellipsoid) are sent as DELETE so a stale one disappears."""
+    width = max(axis_length / 20, 1e-4)
+    out = []
+    mode = _marker(header, ns, "mode", Marker.LINE_LIST)
+    segments = markers.axes_segments(estimate.rotation, estimate.translation, axis_length)
+    mode.points = [_point(p) for p in segments.reshape(-1, 3)]
+    mode.colors = [_color(c) for c in np.repeat(markers.AXIS_COLORS, 2, axis=0)]
+    mode.scale.x = width
+    mode.color = _color((1.0, 1.0, 1.0, 1.0))
+    out.append(mode)
+
+    samples = _marker(header, ns, "samples", Marker.LINE_LIST)
+    n = min(max_samples, len(estimate.samples))
+    points, colors = markers.sample_axes(
+        estimate.samples[:n], estimate.sample_weights[:n], estimate.translation, axis_length / 2
+    )
+    samples.points = [_point(p) for p in points]
+    samples.colors = [_color(c) for c in colors]
+    samples.scale.x = width / 2
+    samples.color = _color((1.0, 1.0, 1.0, 1.0))
+    out.append(samples)
+
+    ellipsoid = markers.translation_ellipsoid(estimate.translation, np.asarray(estimate.covariance)[:3, :3])
+    if ellipsoid is None:
+        out.extend(delete_marker_msgs(header, ns, ("ellipsoid",)))
+    else:
+        e = _marker(header, ns, "ellipsoid", Marker.SPHERE)
+        e.pose = pose_msg(ellipsoid.orientation, ellipsoid.center)
+        dx, dy, dz = (float(v) for v in ellipsoid.diameters)
+        e.scale = Vector3(x=dx, y=dy, z=dz)
+        e.color = _color((0.2, 0.6, 1.0, 0.25))
+        out.append(e)
+
+    text = _marker(header, ns, "label", Marker.TEXT_VIEW_FACING)
+    text.pose.position = _point(np.asarray(estimate.translation, dtype=np.float64) + [0.0, -1.5 * axis_length, 0.0])
+    text.scale.z = axis_length / 2  # text height (m)
+    text.color = _color((1.0, 1.0, 1.0, 1.0))
+    text.text = label
+    out.append(text)
+    return out
+
+
+def delete_marker_msgs(header: Any, ns: str, kinds: Sequence[str] = tuple(MARKER_IDS)) -> list[Marker]:
+    """DELETE markers for ``kinds`` (names of :data:`MARKER_IDS`) in namespace ``ns``."""
+    out = []
+    for kind in kinds:
+        m = Marker()
+        m.header = header
+        m.ns = ns
+        m.id = MARKER_IDS[kind]
+        m.action = Marker.DELETE
+        out.append(m)
+    return out

