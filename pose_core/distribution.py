@@ -15,10 +15,14 @@ Two ways to build one:
   (the Image2Sphere output), refined coarse-to-fine (SpyroPose): evaluate ``f`` on a coarse grid,
   keep the ``top_k`` cells, replace each by its 8 children, repeat to the target level.
   It keeps ``F``, so :meth:`log_prob` evaluates the continuous density at any rotation.
+  With a :class:`LogPrior` ``p`` it builds the posterior ``exp(f) * p`` instead (a temporal
+  filter's prior, :mod:`pose_core.tracking`): the prior is added to ``f`` at every cell *before*
+  the cells to refine are chosen, so the refinement follows the posterior, not the likelihood.
 """
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -28,7 +32,7 @@ import torch
 
 from pose_core import fourier, grids, so3
 
-__all__ = ["SO3Distribution", "log_density_from_log_mass", "log_density_of_equal_cells"]
+__all__ = ["SO3Distribution", "LogPrior", "log_density_from_log_mass", "log_density_of_equal_cells"]
 
 
 def _log_cell_volume(level: torch.Tensor) -> torch.Tensor:
@@ -47,11 +51,47 @@ def log_density_of_equal_cells(log_mass: torch.Tensor, num_cells: int) -> torch.
     return log_mass + math.log(num_cells) - so3.LOG_HAAR_VOLUME
 
 
+class LogPrior(abc.ABC):
+    """A batch of ``B`` log-densities on SO(3) that :meth:`SO3Distribution.from_fourier` multiplies
+    into the band-limited one (w.r.t. the Haar measure of volume ``pi**2``; an additive constant
+    per row does not matter, the product is renormalised). Evaluated in the frame of the
+    distribution it multiplies (for a crop, the crop's virtual camera, :mod:`pose_core.crops`).
+    A row may carry no information: it then returns exactly 0, so its cells keep their values
+    bit for bit.
+    """
+
+    @property
+    @abc.abstractmethod
+    def batch_size(self) -> int:
+        """Number of rows ``B``."""
+
+    @abc.abstractmethod
+    def at_cells(self, level: int, index: torch.Tensor) -> torch.Tensor:
+        """Log-density ``(B, M)`` at the centres of the level-``level`` cells ``index`` ``(B, M)`` (int64),
+        on ``index``'s device."""
+
+    @abc.abstractmethod
+    def at_rotations(self, R: torch.Tensor) -> torch.Tensor:
+        """Log-density ``(B, M)`` at rotations ``R`` ``(B, M, 3, 3)``, on ``R``'s device."""
+
+    @abc.abstractmethod
+    def select(self, rows: slice | torch.Tensor) -> LogPrior:
+        """The rows ``rows`` (a slice or a 1-D int64 tensor) of the batch."""
+
+
 @dataclass(frozen=True)
 class _Fourier:
     coeffs: torch.Tensor  # (B, so3_dim)
     lmax: int
-    log_norm: torch.Tensor  # (B,): log of the integral of exp(f) over SO(3), Haar volume pi^2
+    log_norm: torch.Tensor  # (B,): log of the integral of exp(f) (times the prior) over SO(3), Haar volume pi^2
+    log_prior: LogPrior | None = None  # the prior multiplied in, if any
+
+    def select(self, rows: slice | torch.Tensor) -> _Fourier:
+        prior = None if self.log_prior is None else self.log_prior.select(rows)
+        return _Fourier(self.coeffs[rows], self.lmax, self.log_norm[rows], prior)
+
+    def to(self, device) -> _Fourier:
+        return _Fourier(self.coeffs.to(device), self.lmax, self.log_norm.to(device), self.log_prior)
 
 
 class SO3Distribution:
@@ -120,6 +160,7 @@ class SO3Distribution:
         target_level: int = 5,
         top_k: int = 64,
         climb: int = 3,
+        log_prior: LogPrior | None = None,
     ) -> SO3Distribution:
         """Coarse-to-fine distribution of the log-density ``f(R) = coeffs . basis(R)`` (+ a constant).
 
@@ -136,6 +177,10 @@ class SO3Distribution:
                 included, until none is left (or ``climb`` rounds). The top-``k`` search alone
                 misses, on symmetric objects, a denser cell next to the one it finds; this step
                 closes that gap. 0 turns it off.
+            log_prior: ``None``, or a :class:`LogPrior` of ``B`` rows: the distribution is then the
+                posterior ``exp(f) * prior`` (normalised), the prior added to ``f`` at every cell
+                evaluated (base grid, refined children, hill-climbing probes) before cells are
+                chosen; :meth:`log_prob` includes it. ``None`` runs exactly the plain code path.
         """
         if coeffs.dim() != 2:
             raise ValueError(f"coeffs must have shape (B, so3_dim), got {tuple(coeffs.shape)}")
@@ -144,9 +189,12 @@ class SO3Distribution:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         B, device = coeffs.shape[0], coeffs.device
-        blocks = _Blocks(coeffs, lmax)
-        blocks.add(base_level, torch.arange(grids.num_cells(base_level), device=device).expand(B, -1),
-                   fourier.evaluate_grid(coeffs, base_level, lmax))
+        if log_prior is not None and log_prior.batch_size != B:
+            raise ValueError(f"log_prior has {log_prior.batch_size} rows, coeffs {B}")
+        blocks = _Blocks(coeffs, lmax, log_prior)
+        base_index = torch.arange(grids.num_cells(base_level), device=device).expand(B, -1)
+        blocks.add(base_level, base_index, blocks.with_prior(base_level, base_index,
+                                                             fourier.evaluate_grid(coeffs, base_level, lmax)))
         for _ in range(base_level, target_level):
             values = blocks.values[-1]
             k = min(top_k, values.shape[1])
@@ -159,7 +207,7 @@ class SO3Distribution:
         log_weight = f + _log_cell_volume(cell_level).to(f.dtype)  # f + log(volume)
         log_norm = torch.logsumexp(log_weight, dim=1)
         dist = cls(cell_level, index, log_weight - log_norm[:, None])
-        dist._fourier = _Fourier(coeffs, lmax, log_norm)
+        dist._fourier = _Fourier(coeffs, lmax, log_norm, log_prior)
         return dist
 
     # ------------------------------------------------------------------ basic properties
@@ -181,6 +229,11 @@ class SO3Distribution:
         """True when built from Fourier coefficients (continuous :meth:`log_prob`)."""
         return self._fourier is not None
 
+    @property
+    def log_prior(self) -> LogPrior | None:
+        """The prior multiplied into the band-limited density (``from_fourier(log_prior=...)``), or ``None``."""
+        return None if self._fourier is None else self._fourier.log_prior
+
     def select(self, rows: int | slice | Sequence[int] | torch.Tensor) -> SO3Distribution:
         """The distributions ``rows`` of the batch (an int keeps a batch of one), Fourier form included."""
         if isinstance(rows, int):
@@ -191,8 +244,7 @@ class SO3Distribution:
             rows = torch.as_tensor(rows, dtype=torch.int64, device=self.log_mass.device)
             if rows.dim() != 1:
                 raise IndexError(f"rows must be an int, a slice or a 1-D sequence, got shape {tuple(rows.shape)}")
-        f = self._fourier
-        picked = None if f is None else _Fourier(f.coeffs[rows], f.lmax, f.log_norm[rows])
+        picked = None if self._fourier is None else self._fourier.select(rows)
         out = SO3Distribution(self.cell_level, self.cell_index[rows], self.log_mass[rows], picked)
         out._runs_cache = self._runs_cache
         if self._quat_cache is not None:
@@ -295,8 +347,7 @@ class SO3Distribution:
 
     def to(self, device) -> SO3Distribution:
         """Copy on ``device``."""
-        f = self._fourier
-        moved = None if f is None else _Fourier(f.coeffs.to(device), f.lmax, f.log_norm.to(device))
+        moved = None if self._fourier is None else self._fourier.to(device)
         out = SO3Distribution(self.cell_level.to(device), self.cell_index.to(device), self.log_mass.to(device), moved)
         out._runs_cache = self._runs_cache
         return out
@@ -305,8 +356,8 @@ class SO3Distribution:
     def log_prob(self, R: torch.Tensor) -> torch.Tensor:
         """Log-density at rotations: ``R`` ``(B, 3, 3)`` → ``(B,)`` or ``(B, M, 3, 3)`` → ``(B, M)``.
 
-        Band-limited distributions are evaluated exactly at ``R``; grid distributions return the
-        density of the cell containing ``R``.
+        Band-limited distributions are evaluated exactly at ``R`` (with their :attr:`log_prior`,
+        if any); grid distributions return the density of the cell containing ``R``.
         """
         B = self.batch_size
         if R.dim() == 3 and R.shape == (B, 3, 3):
@@ -315,6 +366,8 @@ class SO3Distribution:
             raise ValueError(f"R must have shape ({B}, 3, 3) or ({B}, M, 3, 3), got {tuple(R.shape)}")
         if self._fourier is not None:
             f = fourier.evaluate_rotations(self._fourier.coeffs, R, self._fourier.lmax)
+            if self._fourier.log_prior is not None:
+                f = f + self._fourier.log_prior.at_rotations(R).to(f.dtype)
             return (f - self._fourier.log_norm[:, None]).to(self.log_mass.dtype)
         if self.cell_level.unique().numel() != 1:
             raise ValueError("log_prob of a multi-level grid distribution needs its Fourier form")
@@ -455,11 +508,12 @@ class _Blocks:
 
     ``values[i]`` ``(B, n_i)`` holds ``f`` at the cells ``indices[i]`` ``(B, n_i)`` of level
     ``levels[i]``; a refined cell's value is ``-inf`` (its 8 children are in a later block), and
-    so is a padding column (rows that refine fewer cells than others in one step).
+    so is a padding column (rows that refine fewer cells than others in one step). With a
+    ``log_prior`` every value is ``f`` plus the prior at the cell (:meth:`with_prior`).
     """
 
-    def __init__(self, coeffs: torch.Tensor, lmax: int):
-        self.coeffs, self.lmax = coeffs, lmax
+    def __init__(self, coeffs: torch.Tensor, lmax: int, log_prior: LogPrior | None = None):
+        self.coeffs, self.lmax, self.log_prior = coeffs, lmax, log_prior
         self.values: list[torch.Tensor] = []
         self.indices: list[torch.Tensor] = []
         self.levels: list[int] = []
@@ -469,14 +523,22 @@ class _Blocks:
         self.indices.append(index)
         self.levels.append(level)
 
+    def with_prior(self, level: int, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``values`` ``(B, M)`` of ``f`` at the level-``level`` cells ``index`` ``(B, M)`` plus the log-prior there."""
+        if self.log_prior is None:
+            return values
+        return values + self.log_prior.at_cells(level, index).to(values.dtype)
+
     def add_children(self, level: int, parents: torch.Tensor, real: torch.Tensor | None = None) -> None:
         """A block of the children of the level-``level`` cells ``parents`` ``(B, k)``; where ``real``
         ``(B, k)`` is False the parent is padding and its children get ``-inf``."""
         B, k = parents.shape
         values = fourier.evaluate_children(self.coeffs, level, parents, self.lmax)
+        index = grids.children(parents, level).reshape(B, 8 * k)
+        values = self.with_prior(level + 1, index, values)
         if real is not None:
             values = values.masked_fill(~real.repeat_interleave(8, dim=1), float("-inf"))
-        self.add(level + 1, grids.children(parents, level).reshape(B, 8 * k), values)
+        self.add(level + 1, index, values)
 
     def refine_last(self, positions: torch.Tensor) -> None:
         """Replace the cells at ``positions`` ``(B, k)`` of the last block by their children (a new block)."""
@@ -506,7 +568,7 @@ class _Blocks:
         centre = grids.cell_rotations(target, i_t[rows, best], dtype=torch.float64)  # (B, 3, 3)
         probes = _probe_rotations(target, device) @ centre[:, None]  # (B, P, 3, 3)
         cand = grids.cell_of(probes, target)  # (B, P)
-        f_cand = fourier.evaluate_cells(self.coeffs, target, cand, self.lmax)
+        f_cand = self.with_prior(target, cand, fourier.evaluate_cells(self.coeffs, target, cand, self.lmax))
         present = (i_t[:, :, None] == cand[:, None, :]) & torch.isfinite(f_t)[:, :, None]  # (B, M, P)
         better = (f_cand > f_best[:, None]) & ~present.any(1)
         if not bool(better.any()):

@@ -49,7 +49,14 @@ __all__ = [
     "grid_log_likelihood",
     "summarize",
     "aggregate_by",
+    "FLIP_JUMP",
+    "FLIP_STILL",
+    "mode_flips",
 ]
+
+#: A flip of a published mode: it moves by more than FLIP_JUMP between consecutive frames while the
+#: truth moves by less than FLIP_STILL (radians; 30 and 5 deg).
+FLIP_JUMP, FLIP_STILL = math.radians(30.0), math.radians(5.0)
 
 Equivalents = torch.Tensor | Sequence[torch.Tensor]
 
@@ -89,6 +96,26 @@ def pad_equivalents(
         out[i, e.shape[0] :] = e[0]
         mask[i, : e.shape[0]] = True
     return out, mask
+
+
+def mode_flips(
+    modes: torch.Tensor, truths: torch.Tensor, jump: float = FLIP_JUMP, still: float = FLIP_STILL
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips of a published mode over a sequence of frames.
+
+    Args:
+        modes, truths: ``(T, 3, 3)`` the published mode and the true rotation per frame.
+        jump, still: radians (:data:`FLIP_JUMP`, :data:`FLIP_STILL`).
+
+    Returns:
+        ``(flips, still_pairs)``, boolean ``(T - 1,)`` per pair of consecutive frames: the truth moved
+        less than ``still`` (``still_pairs``), and, of those, the mode moved more than ``jump``.
+    """
+    if modes.shape != truths.shape or modes.dim() != 3 or modes.shape[-2:] != (3, 3):
+        raise ValueError(f"modes and truths must both be (T, 3, 3), got {tuple(modes.shape)} and {tuple(truths.shape)}")
+    moved = so3.geodesic_distance(modes[:-1], modes[1:])
+    quiet = so3.geodesic_distance(truths[:-1], truths[1:]) < still
+    return quiet & (moved > jump), quiet
 
 
 def nearest_equivalent_error(pred: torch.Tensor, equivalents: Equivalents) -> torch.Tensor:

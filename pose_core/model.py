@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from pose_core import fourier, grids, preprocess
-from pose_core.distribution import SO3Distribution
+from pose_core.distribution import LogPrior, SO3Distribution
 from pose_core.encoders import ENCODERS, build_encoder
 from pose_core.layers import S2Convolution, SO3Activation, SO3Convolution, SO3Norm, SphereProjector
 
@@ -199,6 +199,7 @@ class ImageToSphere(nn.Module):
         target_level: int | None = None,
         top_k: int | None = None,
         base_level: int | None = None,
+        log_prior: LogPrior | None = None,
     ) -> SO3Distribution:
         """Images ``(B, 3, H, W)`` RGB → band-limited :class:`SO3Distribution` refined coarse-to-fine.
 
@@ -206,7 +207,10 @@ class ImageToSphere(nn.Module):
         of another size are resized to it the way the pipeline does (centred square, antialiased
         bilinear: :func:`pose_core.preprocess.resize`). Defaults come from ``self.inference``
         (level 3 → 5, ``top_k`` 64: mode resolution 1.875 deg). Call ``model.eval()`` first
-        (``load_model`` returns the model in eval mode).
+        (``load_model`` returns the model in eval mode). ``log_prior``: a
+        :class:`~pose_core.distribution.LogPrior` of ``B`` rows in each image's frame (a temporal
+        filter's, :mod:`pose_core.tracking`): the result is then the posterior, the prior applied
+        before the cells to refine are chosen (``SO3Distribution.from_fourier``).
         """
         s = self.inference
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -226,6 +230,7 @@ class ImageToSphere(nn.Module):
             base_level=s.base_level if base_level is None else base_level,
             target_level=s.target_level if target_level is None else target_level,
             top_k=s.top_k if top_k is None else top_k,
+            log_prior=log_prior,
         )
 
 

@@ -18,6 +18,14 @@ What one call does, in order (each step one module, conventions stated there):
    are given, else ``nominal_distance_m`` along the crop's viewing ray (the optical axis without
    ``K``), with a covariance that says which (:mod:`pose_core.pinhole`).
 
+**Tracking** (only when ``estimate`` gets a ``stamp_s`` and ``settings.temporal_filter`` is on;
+:mod:`pose_core.tracking`): each object is associated with a track (``Box.id``, else the nearest
+previous id-less box, else the whole image's); a track's previous posterior, diffused by the
+motion model, is the prior of step 2 (applied inside the coarse-to-fine search), and the summary
+of step 4 publishes, among near-equal peaks, the one nearest the track's previous mode
+(``continuity_tie_nats``). Without a stamp, or with the filter off, every frame is estimated on
+its own exactly as without tracking.
+
 Outputs are :class:`ObjectEstimate` (numpy float64, quaternions ``(x, y, z, w)``, the 6x6
 covariance in ``geometry_msgs/PoseWithCovariance`` order) in a :class:`FrameEstimate`, with the
 boxes rejected and the notes a caller should log. Bad input raises :class:`ValueError` naming it
@@ -37,6 +45,15 @@ import torch
 from pose_core import crops, grids, pinhole, preprocess, so3
 from pose_core.pinhole import Region, TranslationEstimate
 from pose_core.summary import summarize
+from pose_core.tracking import (
+    BRANCH_RADIUS,
+    DiffusedPrior,
+    Track,
+    Tracker,
+    choose_branch,
+    compact_posteriors,
+    mass_within,
+)
 
 __all__ = [
     "Box",
@@ -83,6 +100,17 @@ class EstimatorSettings:
         max_detections: most boxes served per frame (highest score first).
         max_crop_factor: a box whose crop side exceeds this multiple of the image's longer side
             is rejected (a detector's garbage box must not cost more than a frame).
+        temporal_filter: track objects over frames (needs ``estimate(..., stamp_s=...)``): the
+            previous posterior, diffused, is the prior of the next frame, and the published mode
+            stays continuous; ``False``: every frame on its own (:mod:`pose_core.tracking`).
+        filter_rotation_std_deg: std (deg, per axis) of a tracked object's rotation change over one
+            second, a random walk: over ``dt`` seconds ``filter_rotation_std_deg * sqrt(dt)``.
+        filter_outlier_weight: in ``(0, 1)``, the prior's uniform share: the chance per frame of an
+            arbitrary turn; larger follows real sudden changes sooner, smaller resists flips more.
+        continuity_tie_nats: peaks whose log-density is within this of the maximum count as equal,
+            and the one nearest the track's previous mode is published (0: the densest always).
+        track_timeout_s: a track not seen for longer is dropped (s); a stamp going backwards or
+            jumping by more than this drops all.
     """
 
     target_level: int = 5
@@ -93,6 +121,11 @@ class EstimatorSettings:
     detection_crop_scale: float = 1.2
     max_detections: int = 8
     max_crop_factor: float = 4.0
+    temporal_filter: bool = True
+    filter_rotation_std_deg: float = 45.0
+    filter_outlier_weight: float = 0.05
+    continuity_tie_nats: float = 1.0
+    track_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -104,6 +137,11 @@ class EstimatorSettings:
             "detection_crop_scale": self.detection_crop_scale > 0 and math.isfinite(self.detection_crop_scale),
             "max_detections": self.max_detections >= 1,
             "max_crop_factor": self.max_crop_factor >= 1 and math.isfinite(self.max_crop_factor),
+            "temporal_filter": isinstance(self.temporal_filter, (bool, np.bool_)),
+            "filter_rotation_std_deg": 0 < self.filter_rotation_std_deg <= 1000,
+            "filter_outlier_weight": 0 < self.filter_outlier_weight < 1,
+            "continuity_tie_nats": 0 <= self.continuity_tie_nats < math.inf,
+            "track_timeout_s": 0 < self.track_timeout_s < math.inf,
         }
         bad = [f"{name}={getattr(self, name)!r}" for name, ok in checks.items() if not ok]
         if bad:
@@ -130,10 +168,14 @@ class ObjectEstimate:
             rotation block the left-perturbation covariance about the mode (camera axes), cross
             terms 0 (the rotation model does not see the translation).
         samples: ``(N, 4)`` rotations drawn from the distribution; ``sample_weights`` ``(N,)``.
-        entropy: nats (Haar volume ``pi**2``); ``max_log_density`` at the mode;
+        entropy: nats (Haar volume ``pi**2``); ``max_log_density`` at the (published) mode;
             ``mode_resolution`` rad.
         modes: ``(M, 4)`` separated local maxima, decreasing density, with ``mode_mass`` ``(M,)``
             (mass within ``mode_radius_deg``) and ``mode_log_density`` ``(M,)``.
+        track_id: the object's track (``Box.id``, ``"#n"`` for an id-less box, ``"image"`` for the
+            whole image); ``""`` when not tracked (no ``stamp_s``, or ``temporal_filter`` off).
+        filtered: a prior from the track's previous frames was applied this frame (the
+            distribution is the filtered posterior; ``False`` on a track's first frame).
     """
 
     index: int
@@ -151,6 +193,8 @@ class ObjectEstimate:
     modes: np.ndarray
     mode_mass: np.ndarray
     mode_log_density: np.ndarray
+    track_id: str = ""
+    filtered: bool = False
 
     @property
     def rotation(self) -> np.ndarray:
@@ -178,7 +222,9 @@ class FrameEstimate:
         notes: things the caller should log (e.g. a depth image that could not be used), each
             ``(kind, text)``, ``kind`` naming the input (``"depth"``).
         timings_ms: wall time of the steps (``crops``, ``model``, ``summary``, ``translation``,
-            ``total``); on CUDA the model step is synchronised.
+            ``total``); on CUDA the model step is synchronised. Tracked frames add ``tracking``: building
+            the priors and storing the tracks' posteriors (inside ``model`` and ``summary``; evaluating
+            the prior during the search is in ``model`` only).
     """
 
     objects: list[ObjectEstimate] = field(default_factory=list)
@@ -209,6 +255,7 @@ class PoseEstimator:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")
         self.settings = settings if settings is not None else EstimatorSettings()
         self._generator = torch.Generator().manual_seed(seed)
+        self._tracker = Tracker(self._settings.track_timeout_s)
 
     @property
     def settings(self) -> EstimatorSettings:
@@ -219,6 +266,15 @@ class PoseEstimator:
         if not isinstance(value, EstimatorSettings):
             raise TypeError(f"settings must be EstimatorSettings, got {type(value).__name__}")
         self._settings = value
+
+    def reset_tracks(self) -> None:
+        """Forget every tracked object (e.g. the camera was moved, or a bag starts again)."""
+        self._tracker.reset()
+
+    @property
+    def tracks(self) -> list[Track]:
+        """The tracks held now (copies are not made: read, don't modify)."""
+        return list(self._tracker.tracks.values())
 
     @property
     def target_level(self) -> int:
@@ -232,6 +288,7 @@ class PoseEstimator:
         K: np.ndarray | list[float] | None = None,
         depth: np.ndarray | None = None,
         boxes: list[Box] | None = None,
+        stamp_s: float | None = None,
     ) -> FrameEstimate:
         """Pose estimates of the objects in one frame.
 
@@ -242,9 +299,11 @@ class PoseEstimator:
             depth: ``(H, W)`` depth in m aligned with ``rgb`` (0, NaN, inf: no measurement);
                 ignored with a note when its size differs or there is no ``K``.
             boxes: detection boxes; ``None``: the whole image is one object; ``[]``: no object.
+            stamp_s: the image's time (s, e.g. its header stamp): with ``temporal_filter`` on, objects
+                are tracked (see the module docstring); ``None``: this frame on its own, tracks untouched.
 
         Raises:
-            ValueError: ``rgb`` is not an RGB image, or ``K`` is not valid intrinsics.
+            ValueError: ``rgb`` is not an RGB image, ``K`` is not valid intrinsics, or ``stamp_s`` is not finite.
         """
         t0 = time.perf_counter()
         s = self._settings
@@ -253,6 +312,15 @@ class PoseEstimator:
         Km = None if K is None else pinhole.intrinsics_matrix(K)
         frame = FrameEstimate()
         depth = self._usable_depth(depth, Km, width, height, frame)
+        tracking = stamp_s is not None and bool(s.temporal_filter)
+        if tracking:
+            stamp_s = float(stamp_s)  # type: ignore[arg-type]
+            if not math.isfinite(stamp_s):
+                raise ValueError(f"stamp_s must be finite seconds, got {stamp_s!r}")
+            self._tracker.timeout_s = s.track_timeout_s
+            reset = self._tracker.begin_frame(stamp_s)
+            if reset is not None:
+                frame.notes.append(("stamp", f"{reset}: tracks reset"))
 
         # 1-2. objects and their crops
         objects: list[tuple[int, Box | None, Region]] = []
@@ -279,22 +347,43 @@ class PoseEstimator:
             frame.timings_ms["total"] = frame.timings_ms["crops"]
             return frame
 
-        # 2. one batch through the model
-        dist = self.model.predict(torch.cat(inputs), target_level=self.target_level)
+        # 2. one batch through the model (with the tracks' priors, each in its crop's frame)
+        centers = [pinhole.region_center(region, width, height) for _, _, region in objects]
+        corrections = None
+        if Km is not None:
+            corrections = torch.stack([crops.crop_ray_rotation(Km, c) for c in centers])
+        tracks: list[Track | None] = [None] * len(objects)
+        prior = None
+        if tracking:
+            tracks = self._tracker.associate([box for _, box, _ in objects], stamp_s)
+            t_track = time.perf_counter()
+            prior = self._prior(tracks, stamp_s, corrections)
+            frame.timings_ms["tracking"] = 1000 * (time.perf_counter() - t_track)
+        dist = self.model.predict(torch.cat(inputs), target_level=self.target_level, log_prior=prior)
         if dist.log_mass.device.type == "cuda":
             torch.cuda.synchronize(dist.log_mass.device)
         t2 = time.perf_counter()
         frame.timings_ms["model"] = 1000 * (t2 - t1)
 
-        # 3-4. viewing-ray corrections and the batched summary
-        centers = [pinhole.region_center(region, width, height) for _, _, region in objects]
-        corrections = None
-        if Km is not None:
-            corrections = torch.stack([crops.crop_ray_rotation(Km, c) for c in centers])
+        # 3-4. the batched summary in the camera frame (viewing-ray corrections), continuous with the tracks
+        reference = None
+        if tracking and dist.log_mass.device.type != "cpu":
+            dist = dist.to("cpu")  # once: the summary and the tracks share its cached cell quaternions
+        bases = [None if t is None else t.basis(stamp_s)[2] for t in tracks] if tracking else []
+        if any(m is not None for m in bases):
+            reference = np.full((len(objects), 4), np.nan)
+            for j, m in enumerate(bases):
+                if m is not None:
+                    reference[j] = m
         summary = summarize(
             dist, corrections, num_samples=s.num_samples, num_modes=s.num_modes,
             mode_radius=math.radians(s.mode_radius_deg), generator=self._generator,
+            reference=reference, tie_nats=s.continuity_tie_nats,
         )
+        if tracking:
+            t_track = time.perf_counter()
+            self._update_tracks(tracks, objects, dist, corrections, summary, stamp_s)
+            frame.timings_ms["tracking"] += 1000 * (time.perf_counter() - t_track)
         t3 = time.perf_counter()
         frame.timings_ms["summary"] = 1000 * (t3 - t2)
 
@@ -314,6 +403,8 @@ class PoseEstimator:
                     max_log_density=float(summary.max_log_density[j]), mode_resolution=summary.mode_resolution,
                     modes=summary.modes[j, :m], mode_mass=summary.mode_mass[j, :m],
                     mode_log_density=summary.mode_log_density[j, :m],
+                    track_id="" if tracks[j] is None else tracks[j].track_id,
+                    filtered=prior is not None and bool(prior.active[j]),
                 )
             )
         t4 = time.perf_counter()
@@ -334,6 +425,40 @@ class PoseEstimator:
         return 1000 * (time.perf_counter() - t)
 
     # ------------------------------------------------------------------ steps
+    def _prior(self, tracks: list[Track | None], stamp_s: float, corrections: torch.Tensor | None
+               ) -> DiffusedPrior | None:
+        """The batch's prior from the tracks' previous posteriors; ``None`` when no object has one."""
+        bases = [None if t is None else t.basis(stamp_s) for t in tracks]
+        posteriors = [None if b is None else b[0] for b in bases]
+        if all(p is None for p in posteriors):
+            return None
+        s = self._settings
+        elapsed = [0.0 if b is None else max(0.0, stamp_s - b[1]) for b in bases]
+        return DiffusedPrior.from_posteriors(
+            posteriors, elapsed, math.radians(s.filter_rotation_std_deg), s.filter_outlier_weight, corrections,
+        )
+
+    def _update_tracks(self, tracks: list[Track | None], objects: list, dist: Any, corrections: torch.Tensor | None,
+                       summary: Any, stamp_s: float) -> None:
+        """Store each track's compact posterior (the branch it follows: :func:`~pose_core.tracking.choose_branch`)
+        and published mode."""
+        s = self._settings
+        radius = BRANCH_RADIUS
+        published = summary.orientation  # (B, 4)
+        posteriors = compact_posteriors(dist, corrections, published, radius)
+        mode_mass = mass_within(dist, summary.modes, radius, corrections).numpy()  # (B, k): the others' branches
+        for j, t in enumerate(tracks):
+            if t is not None:
+                m = int(summary.mode_count[j])
+                center, switched = choose_branch(published[j], posteriors[j].branch_mass, summary.modes[j, :m],
+                                                 mode_mass[j, :m], radius, s.continuity_tie_nats)
+                if switched:  # another mode holds much more mass: follow it from the next frame on
+                    posteriors[j] = compact_posteriors(dist.select(j), None if corrections is None else
+                                                       corrections[j : j + 1], center[None], radius)[0]
+        for j, t in enumerate(tracks):
+            if t is not None:
+                self._tracker.update(t, stamp_s, objects[j][1], posteriors[j], published[j])
+
     def _box_region(self, box: Box, width: int, height: int) -> Region:
         """The square crop of ``box``; ValueError naming what is wrong with it (not finite, no area, larger
     than ``max_crop_factor`` times the image)."""

@@ -6,6 +6,15 @@ separated top modes, all as numpy ``float64`` with rotations as quaternions ``(x
 ``w >= 0`` (:mod:`pose_core.so3`). With ``corrections`` (the crops' ``R_ray``,
 :mod:`pose_core.crops`) everything is expressed in the real camera frame: rotations are
 left-multiplied by ``R_ray`` and the covariance becomes ``R_ray C R_ray^T``.
+
+**Continuity** (``reference`` and ``tie_nats``): the mode is normally the densest cell. Given a
+reference rotation (the mode published for the object in the previous frame), the mode is instead
+the peak nearest to it among the peaks the distribution cannot tell apart from the densest: the
+cells whose log-density is within ``tie_nats`` of the maximum, reduced by the same greedy
+separation as the top modes (``mode_radius``) to one peak per basin. So a symmetric object's
+published mode stays on the same one of its equal modes from frame to frame, and it is still a
+peak (not a cell dragged off it towards the reference). The covariance and the reported
+log-density are then about / at that mode.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ class RotationSummary:
         samples: ``(B, N, 4)`` rotations drawn from the distribution; ``sample_weights`` ``(B, N)``
             (equal: i.i.d. samples, summing to 1 per row).
         entropy: ``(B,)`` nats (Haar volume ``pi**2``).
-        max_log_density: ``(B,)`` log-density at the mode.
+        max_log_density: ``(B,)`` log-density at the mode (with a continuity ``reference``, the published
+            one: within ``tie_nats`` of the maximum).
         mode_resolution: rad, size of the cells the mode is chosen among.
         modes: ``(B, k, 4)`` separated local maxima, decreasing density; ``mode_mass`` and
             ``mode_log_density`` ``(B, k)`` go with them; row ``b`` has ``mode_count[b]`` of them
@@ -60,6 +70,35 @@ def _left(q_left: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
     return so3.quat_canonical(q)
 
 
+def _continuous_mode_cells(
+    dist: SO3Distribution, density: torch.Tensor, mode_cell: torch.Tensor, q_ref: torch.Tensor, tie_nats: float,
+    radius: float,
+) -> torch.Tensor:
+    """Columns ``(B,)``: per row with a finite reference ``q_ref`` ``(B, 4)`` (the distribution's frame), the
+    peak nearest to it among the finest-level cells within ``tie_nats`` of the maximum ``density`` ``(B, C)``,
+    after greedy separation by ``radius`` (rad); other rows keep ``mode_cell`` ``(B,)``."""
+    out = mode_cell.clone()
+    q_all = dist._quaternions_by_component()  # (B, 4, C)
+    min_dot = math.cos(min(radius, math.pi) / 2)
+    finest = dist.cell_level == dist.finest_level  # (C,): the mode's resolution is the finest level's
+    for b in torch.isfinite(q_ref).all(1).nonzero()[:, 0].tolist():
+        near_max = ((density[b] >= density[b, mode_cell[b]] - tie_nats) & finest).nonzero()[:, 0]  # (n,)
+        if near_max.numel() < 2:
+            continue
+        near_max = near_max[density[b, near_max].argsort(descending=True)]
+        q = q_all[b][:, near_max].to(torch.float64)  # (4, n), densest first
+        free = torch.ones(near_max.numel(), dtype=torch.bool)
+        best, best_dot = int(mode_cell[b]), -1.0
+        while bool(free.any()):
+            i = int(free.nonzero()[0, 0])  # the densest cell left is a peak
+            dot = float((q[:, i] @ q_ref[b]).abs())
+            if dot > best_dot:
+                best, best_dot = int(near_max[i]), dot
+            free &= (q[:, i] @ q).abs() < min_dot
+        out[b] = best
+    return out
+
+
 def summarize(
     dist: SO3Distribution,
     corrections: torch.Tensor | np.ndarray | None = None,
@@ -67,6 +106,8 @@ def summarize(
     num_modes: int = 4,
     mode_radius: float = math.radians(15.0),
     generator: torch.Generator | None = None,
+    reference: torch.Tensor | np.ndarray | None = None,
+    tie_nats: float = 0.0,
 ) -> RotationSummary:
     """Summaries of the ``B`` distributions of ``dist`` (see the module docstring).
 
@@ -77,24 +118,39 @@ def summarize(
         num_modes: most separated modes reported (>= 1); ``mode_radius`` (rad) separates them
             and is the radius within which a mode's mass is counted.
         generator: for the samples (reproducible with a seeded CPU generator).
+        reference: ``(B, 4)`` quaternions (x, y, z, w) in the camera frame, a row of NaN for none:
+            the rotation the mode should stay nearest to among near-equal peaks (see the module
+            docstring); ``None``: the densest cell.
+        tie_nats: how far below the maximum log-density a peak still counts as equal (>= 0; 0
+            turns continuity off).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if num_modes < 1:
         raise ValueError(f"num_modes must be >= 1, got {num_modes}")
     B = dist.batch_size
-    dist = dist.to("cpu")
+    if dist.log_mass.device.type != "cpu":
+        dist = dist.to("cpu")  # on the CPU already: used as is, its cached cell quaternions and masses kept
     Rc = None
     if corrections is not None:
         Rc = torch.as_tensor(corrections, dtype=torch.float64)
         if Rc.shape != (B, 3, 3):
             raise ValueError(f"corrections must have shape ({B}, 3, 3), got {tuple(Rc.shape)}")
     q_corr = None if Rc is None else so3.matrix_to_quat(Rc)
+    if not tie_nats >= 0:
+        raise ValueError(f"tie_nats must be >= 0, got {tie_nats}")
 
-    mode_cell = dist.mode_cell()  # (B,)
+    density = dist.cell_log_density()
+    mode_cell = density.argmax(dim=1)  # (B,), as dist.mode_cell()
+    if reference is not None and tie_nats > 0:
+        q_ref = torch.as_tensor(reference, dtype=torch.float64)
+        if q_ref.shape != (B, 4):
+            raise ValueError(f"reference must have shape ({B}, 4), got {tuple(q_ref.shape)}")
+        if q_corr is not None:  # into each crop's frame: R_ray^T R_ref
+            q_ref = so3.quat_multiply(so3.quat_conjugate(q_corr), q_ref)
+        mode_cell = _continuous_mode_cells(dist, density, mode_cell, q_ref, tie_nats, mode_radius)
     q_mode = dist.quaternions_at(mode_cell)  # (B, 4)
     cov = dist.covariance_about_quaternion(q_mode).to(torch.float64)  # (B, 3, 3)
-    density = dist.cell_log_density()
     max_logp = density.gather(1, mode_cell[:, None])[:, 0]
     samples = so3.matrix_to_quat(dist.sample(num_samples, generator=generator).to(torch.float64))  # (B, N, 4)
     cells, mass = dist.top_mode_cells(k=num_modes, radius=mode_radius)  # (B, k)

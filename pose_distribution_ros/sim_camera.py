@@ -17,7 +17,6 @@ every view direction comes by in a minute or so.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
@@ -31,6 +30,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image
 
 from pose_core import so3
+from pose_core.trajectory import rotation_at  # the demo trajectory, pure (also the temporal benchmark's)
 from pose_distribution_ros.image_conversion import numpy_to_image
 
 __all__ = ["SimCamera", "rotation_at", "main"]
@@ -42,21 +42,6 @@ _RELIABLE_50 = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
-
-
-def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
-    """Rotation matrix ``(3, 3)`` of ``angle`` rad about unit ``axis`` (Rodrigues)."""
-    a = axis / np.linalg.norm(axis)
-    K = np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
-    return np.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * (K @ K)
-
-
-def rotation_at(t: float, speed_deg_s: float = 20.0) -> np.ndarray:
-    """Pose rotation ``(3, 3)`` (object -> camera) at time ``t`` s of the demo trajectory."""
-    w = math.radians(speed_deg_s)
-    R1 = _axis_angle(np.array([0.3, 1.0, 0.2]), w * t)
-    R2 = _axis_angle(np.array([1.0, 0.0, 0.4]), 0.37 * w * t)
-    return R2 @ R1 @ _axis_angle(np.array([1.0, 1.0, 0.0]), 0.6)
 
 
 class SimCamera(Node):

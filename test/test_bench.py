@@ -32,6 +32,25 @@ def test_predict_benchmark_writes_json(tmp_path):
 
 
 @pytest.mark.skipif(not CHECKPOINT.is_file(), reason="needs the shipped checkpoint checkpoints/demo.pt")
+def test_temporal_benchmark_quick(tmp_path):
+    out = tmp_path / "temporal.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "temporal.py"), "--quick", "--threads", "1", "--shapes", "cube",
+         "--scenarios", "turn", "jump", "--json", str(out)],
+        cwd=ROOT, timeout=300, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["quick"] is True and r["settings"]["temporal_filter"] is True
+    rows = {(x["scenario"], x["filter"]): x for x in r["results"]}
+    assert set(rows) == {("turn", "off"), ("turn", "on"), ("jump", "off"), ("jump", "on")}
+    for x in rows.values():
+        _timing(x["ms_per_frame"])
+        assert x["frames"] == 40 and 0 <= x["acc15"] <= 1 and x["flips"] >= x["symmetric_flips"] >= 0
+    assert "recovery_frames" in rows[("jump", "on")] and "| shape |" in proc.stdout
+
+
+@pytest.mark.skipif(not CHECKPOINT.is_file(), reason="needs the shipped checkpoint checkpoints/demo.pt")
 def test_benchmark_suite_quick(tmp_path):
     pytest.importorskip("rclpy")
     pytest.importorskip("pose_distribution.msg")

@@ -57,6 +57,30 @@ def test_model_and_estimator_on_cuda_match_cpu() -> None:
         assert abs(a.entropy - b.entropy) < 1e-2
 
 
+def test_tracked_estimator_on_cuda_matches_cpu() -> None:
+    """The temporal filter's prior (evaluated on the CPU, added on the model's device) and the tracks on CUDA."""
+    torch.manual_seed(0)
+    model = ImageToSphere(encoder="resnet18", sphere_channels=32, hidden_channels=4).eval()
+    model.input_size = 64
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(4)]
+    K = np.array([[300.0, 0, 159.5], [0, 300.0, 119.5], [0, 0, 1]])
+    boxes = [Box((100.0, 120.0), (80.0, 80.0), id="a"), Box((220.0, 100.0), (60.0, 90.0))]
+    settings = EstimatorSettings(target_level=4, num_samples=5)
+    cpu_est = PoseEstimator(model, settings)
+    cpu = [cpu_est.estimate(f, K, boxes=boxes, stamp_s=0.1 * i) for i, f in enumerate(frames)]
+    gpu_est = PoseEstimator(model.to(CUDA), settings)
+    gpu = [gpu_est.estimate(f, K, boxes=boxes, stamp_s=0.1 * i) for i, f in enumerate(frames)]
+    model.cpu()
+    for fa, fb in zip(cpu, gpu, strict=True):
+        for a, b in zip(fa.objects, fb.objects, strict=True):
+            assert (a.track_id, a.filtered) == (b.track_id, b.filtered)
+            qa, qb = torch.as_tensor(a.orientation), torch.as_tensor(b.orientation)
+            angle = so3.geodesic_distance(so3.quat_to_matrix(qa), so3.quat_to_matrix(qb))
+            assert math.degrees(float(angle)) <= math.degrees(grids.resolution(4)) + 1e-6
+    assert [o.filtered for o in gpu[-1].objects] == [True, True]
+
+
 def test_amp_training_step_on_cuda() -> None:
     from train.train import _loss
 

@@ -99,3 +99,22 @@ def test_bad_input():
         metrics.pad_equivalents([torch.zeros(0, 3, 3)])
     with pytest.raises(ValueError, match="errors"):
         metrics.accuracy_at(torch.zeros(2, 2), 15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mode_flips_count_jumps_of_the_mode_while_the_truth_is_still(dtype: torch.dtype) -> None:
+    from pose_core.metrics import mode_flips
+
+    def rz(deg: float) -> torch.Tensor:
+        return so3.rotvec_to_matrix(torch.tensor([0.0, 0.0, math.radians(deg)], dtype=dtype))
+
+    truths = torch.stack([rz(2.0 * t) for t in range(6)])  # 2 deg per frame: still
+    modes = truths.clone()
+    modes[3] = rz(90.0) @ truths[3]  # a 90 deg symmetric jump at frame 3 and back at 4
+    flips, still = mode_flips(modes, truths)
+    assert still.all() and flips.tolist() == [False, False, True, True, False]
+    assert not mode_flips(truths, truths)[0].any()  # negative control: following the truth is no flip
+    fast = torch.stack([rz(20.0 * t) for t in range(6)])  # the truth itself moves 20 deg: no still pairs
+    assert not mode_flips(fast, fast)[1].any()
+    with pytest.raises(ValueError, match="T, 3, 3"):
+        mode_flips(modes[:3], truths)
