@@ -30,6 +30,8 @@ setup(
     entry_points={
         "console_scripts": [
             "pose_distribution_node = pose_distribution_ros.node:main",
+            "pose_distribution_lifecycle_node = pose_distribution_ros.node:main_lifecycle",
+            "pose_distribution_bag = pose_distribution_ros.bag:main",
             "pose_distribution_demo = pose_core.demo:main",
         ],
     },

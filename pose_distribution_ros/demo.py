@@ -39,8 +39,11 @@ START_TIMEOUT_S = 180.0
 # --------------------------------------------------------------------------- listener (child process)
 
 
-def summarize(errors_deg: list[float], latencies_s: list[float], elapsed_s: float) -> dict[str, Any]:
-    """Summary numbers of a run (pure; NaN where there is no data)."""
+def summarize(
+    errors_deg: list[float], latencies_s: list[float], elapsed_s: float, flips: int = 0
+) -> dict[str, Any]:
+    """Summary numbers of a run (pure; NaN where there is no data); ``flips``: of the published mode
+    (:func:`pose_core.metrics.mode_flips`) over the run."""
     import numpy as np
 
     e = np.asarray(errors_deg, dtype=np.float64)
@@ -53,6 +56,8 @@ def summarize(errors_deg: list[float], latencies_s: list[float], elapsed_s: floa
         "rate_hz": (n - 1) / elapsed_s if n > 1 and elapsed_s > 0 else math.nan,
         "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else math.nan,
         "latency_ms_p90": float(np.percentile(lat, 90)) if lat.size else math.nan,
+        "flips": int(flips),
+        "flips_per_min": 60.0 * flips / elapsed_s if elapsed_s > 0 else math.nan,
     }
 
 
@@ -67,7 +72,7 @@ def _listen(opts: argparse.Namespace) -> int:
 
     from pose_core import so3
     from pose_core.data.shapes import get_shape
-    from pose_core.metrics import nearest_equivalent_error
+    from pose_core.metrics import mode_flips, nearest_equivalent_error
 
     shape = get_shape(opts.shape)
     qos = QoSProfile(
@@ -82,6 +87,7 @@ def _listen(opts: argparse.Namespace) -> int:
     first: list[float] = []
     unmatched = [0]
     last: dict[str, Any] = {}  # samples, weights and truth set of the newest scored result, for the plot
+    sequence: list[tuple[float, np.ndarray, np.ndarray]] = []  # (stamp, published mode, truth), for the flips
 
     def quat(q: Any) -> np.ndarray:
         return so3.quat_to_matrix(torch.tensor([q.x, q.y, q.z, q.w], dtype=torch.float64)).numpy()
@@ -105,6 +111,7 @@ def _listen(opts: argparse.Namespace) -> int:
             first.append(time.monotonic())
         errors.append(err)
         latencies.append(now - stamp)
+        sequence.append((stamp, R.numpy(), R_true))
         last.update(samples=[(q.x, q.y, q.z, q.w) for q in msg.samples], weights=list(msg.sample_weights), eq=eq)
         s = summarize(errors, latencies, time.monotonic() - first[0])
         print(
@@ -131,12 +138,19 @@ def _listen(opts: argparse.Namespace) -> int:
     finally:
         elapsed = time.monotonic() - first[0] if first else 0.0
         rclpy.try_shutdown()
-    s = summarize(errors, latencies, elapsed)
+    flips = 0
+    if len(sequence) > 1:
+        sequence.sort(key=lambda item: item[0])
+        modes = torch.as_tensor(np.stack([m for _, m, _ in sequence]))
+        truth = torch.as_tensor(np.stack([t for _, _, t in sequence]))
+        flips = int(mode_flips(modes, truth)[0].sum())
+    s = summarize(errors, latencies, elapsed, flips)
     s["unmatched"] = unmatched[0]
     print(
         f"\nsummary over {elapsed:.1f} s: {s['frames']} frames, median error {s['median_error_deg']:.1f} deg, "
         f"Acc@15 {s['acc15']:.2f}, rate {s['rate_hz']:.2f} Hz, latency p50 {s['latency_ms_p50']:.0f} ms, "
-        f"p90 {s['latency_ms_p90']:.0f} ms ({unmatched[0]} results without a matching truth)",
+        f"p90 {s['latency_ms_p90']:.0f} ms, {s['flips_per_min']:.1f} flips/min of the mode (> 30 deg while the "
+        f"truth moves < 5 deg) ({unmatched[0]} results without a matching truth)",
         flush=True,
     )
     if opts.summary_json:

@@ -16,13 +16,20 @@ Subscriptions (remappable; QoS of the first three: parameter ``image_qos``):
     ``detections`` (vision_msgs/Detection2DArray, when ``use_detections``): boxes in ``image``
     pixels, paired with the image of the same stamp; one distribution per box.
 
-Publications (headers: the input image's stamp; frame ``camera_frame_id`` or the image's frame):
+Publications (headers: the input image's stamp; frame ``camera_frame_id`` or the image's frame;
+built per frame by :mod:`~pose_distribution_ros.outputs`, which says what each holds):
     ``~/distribution`` (pose_distribution/PoseDistribution),
     ``~/distributions`` (pose_distribution/PoseDistributionArray),
     ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped), ``~/samples`` (geometry_msgs/PoseArray),
+    ``~/detections`` (vision_msgs/Detection3DArray: per object the mode with its 6x6 covariance,
+    class and score), ``~/markers`` (visualization_msgs/MarkerArray, when ``publish_markers``),
     ``/tf`` (camera frame -> ``object_frame_id``, when ``publish_tf``; with detections one child
     frame per box, ``<object_frame_id>_<Detection2D.id>``, or ``_<index>`` when the id is empty),
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, 1 Hz: latency, rates, drops, errors).
+
+Tracking: frames are filtered over time per object (``temporal_filter``; see
+:mod:`pose_core.tracking`), keyed by the image stamps; tracks are reset when the node is
+(re)activated.
 
 Runtime: the image callback only stores the newest frame in a single slot (an unprocessed frame
 that is overwritten is dropped and counted); a worker thread, not the executor's, runs the
@@ -31,7 +38,10 @@ problem) and the node goes on with the next frame. When image stamps show that o
 camera's frames arrive (lost in transport), the node warns and says what to do. A missing or
 unreadable checkpoint stops the node at start-up with exit status 1.
 
-Run: ``python -m pose_distribution_ros.node --ros-args --params-file config/pose_distribution.yaml``.
+Run: ``python -m pose_distribution_ros.node --ros-args --params-file config/pose_distribution.yaml``;
+the managed (lifecycle) node: ``python -m pose_distribution_ros.node --lifecycle --ros-args ...``
+(or ``pose_distribution_lifecycle_node``), then ``configure`` (loads the model) and ``activate``
+(subscribes) through ``ros2 lifecycle set`` or the ``~/change_state`` service.
 """
 
 from __future__ import annotations
@@ -40,16 +50,16 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
-from pose_distribution.msg import PoseDistribution, PoseDistributionArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -86,8 +96,9 @@ IMAGE_QOS = {
     ),
 }  # fmt: skip
 
-# Imported by PoseDistributionNode.__init__ once the checkpoint is found (see there).
+# Imported by _PoseDistributionCore._setup once the checkpoint is found (see there).
 messages: Any = None
+outputs: Any = None
 torch: Any = None
 
 
@@ -125,6 +136,50 @@ def resolve_checkpoint(path: str) -> Path:
     )
 
 
+def build_estimator(values: Mapping[str, Any], log: Callable[[str], None]) -> tuple[Any, Any, Path]:
+    """The estimator of parameter ``values`` (name -> value, every parameter), as the node and the
+    bag command (:mod:`pose_distribution_ros.bag`) run it: checkpoint resolved, torch threads,
+    run-time settings, model loaded on ``device``, ``image_size``, ``backend``; ``log`` gets one line.
+
+    Returns:
+        ``(PoseEstimator, NodeSettings, checkpoint path)``.
+
+    Raises:
+        StartupError: missing or unreadable checkpoint, bad backend.
+        ValueError: a bad run-time parameter value (from ``parameters.settings_from``).
+    """
+    checkpoint = resolve_checkpoint(str(values["checkpoint"]))
+    # torch, e3nn and pose_core take seconds to import: only after the checkpoint check, so that
+    # a wrong path fails at once.
+    import torch
+
+    from pose_core.model import load_model
+    from pose_core.pipeline import PoseEstimator
+
+    threads = int(values["torch_threads"])
+    if threads:
+        torch.set_num_threads(threads)
+    node_settings, estimator_settings = parameters.settings_from(
+        {name: values[name] for name in parameters.runtime_names()}
+    )
+    device = values["device"]
+    try:
+        model = load_model(checkpoint, device=device)
+    except (FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as exc:
+        raise StartupError(f"cannot load checkpoint {checkpoint} on device {device!r}: {exc}") from exc
+    trained = f"{model.input_size} px" if model.input_size else "an unrecorded image size"
+    log(f"loaded {checkpoint} ({model.config.encoder}, lmax {model.lmax}, trained on {trained})")
+    size = int(values["image_size"]) or None
+    if size is not None:
+        model.input_size = size  # the crops and the exported network agree on it
+    backend = str(values["backend"])
+    try:
+        model.use_backend(backend, threads=threads)
+    except (RuntimeError, ValueError) as exc:
+        raise StartupError(f"backend {backend!r}: {exc}") from exc
+    return PoseEstimator(model, estimator_settings, input_size=size), node_settings, checkpoint
+
+
 def camera_info_problem(msg: CameraInfo) -> str | None:
     """Why ``msg`` cannot give intrinsics (None when it can): zero size, non-finite K, focal lengths <= 0."""
     if msg.width <= 0 or msg.height <= 0:
@@ -139,7 +194,7 @@ def camera_info_problem(msg: CameraInfo) -> str | None:
     return None
 
 
-class _Throttle:
+class Throttle:
     """Per-kind rate limit of log lines (seconds between two lines of one kind); counts what it holds back."""
 
     def __init__(self, period_s: float):
@@ -181,53 +236,52 @@ class _TfPublisher:
         else:
             self._publisher.publish(self._msg_type(transforms=transforms))
 
+    def destroy(self, node: Node) -> None:
+        publisher = self._publisher if self._publisher is not None else getattr(self._broadcaster, "pub_tf", None)
+        if publisher is not None:
+            node.destroy_publisher(publisher)
 
-class PoseDistributionNode(Node):
-    """See the module docstring. Raises :class:`StartupError` when it cannot start."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        parameters.declare(self)
+class _PoseDistributionCore:
+    """The node's behaviour (see the module docstring), shared by :class:`PoseDistributionNode` and
+    :class:`PoseDistributionLifecycleNode` (mixed into an ``rclpy`` ``Node`` / ``LifecycleNode``).
+
+    ``_setup`` (parameters checked, model loaded, publishers) and ``_teardown`` undo each other, as do
+    ``_start`` (subscriptions, diagnostics timer, worker thread) and ``stop``.
+    """
+
+    def _setup(self) -> None:
+        """Check the parameters, load the model, create the publishers. Raises :class:`StartupError`."""
         qos_name = str(self.get_parameter("image_qos").value)
         if qos_name not in IMAGE_QOS:
             raise StartupError(f"image_qos must be one of {sorted(IMAGE_QOS)}, got {qos_name!r}")
+        self._image_qos_name = qos_name
         self._detection_type = self._detection_message_type()
-        checkpoint = resolve_checkpoint(self.get_parameter("checkpoint").value)
-        # torch, e3nn and pose_core take seconds to import: only after the checkpoint check, so that
-        # a wrong path fails at once.
-        global messages, torch
+        values = {p.name: self.get_parameter(p.name).value for p in parameters.PARAMETERS}
+        self._estimator, self._node_settings, _ = build_estimator(values, log=self.get_logger().info)
+        global messages, outputs, torch
         import torch
 
-        from pose_core.pipeline import PoseEstimator
-        from pose_distribution_ros import messages
+        from pose_distribution_ros import messages, outputs
 
-        threads = int(self.get_parameter("torch_threads").value)
-        if threads:
-            torch.set_num_threads(threads)
-        self._node_settings, estimator_settings = parameters.settings_from(self._runtime_values())
-        model = self._load_model(checkpoint)
-        size = int(self.get_parameter("image_size").value) or None
-        if size is not None:
-            model.input_size = size  # the crops and the exported network agree on it
-        backend = str(self.get_parameter("backend").value)
-        try:
-            model.use_backend(backend, threads=threads)
-        except (RuntimeError, ValueError) as exc:
-            raise StartupError(f"backend {backend!r}: {exc}") from exc
-        self._estimator = PoseEstimator(model, estimator_settings, input_size=size)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if not getattr(self, "_parameter_callback_added", False):
+            self.add_on_set_parameters_callback(self._on_set_parameters)
+            self._parameter_callback_added = True
         warm_ms = self._estimator.warm_up()
         self.get_logger().info(f"warm-up frame: {warm_ms:.0f} ms ({torch.get_num_threads()} torch threads)")
 
-        self._pub_distribution = self.create_publisher(PoseDistribution, "~/distribution", _RELIABLE_10)
-        self._pub_distributions = self.create_publisher(PoseDistributionArray, "~/distributions", _RELIABLE_10)
-        self._pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/pose", _RELIABLE_10)
-        self._pub_samples = self.create_publisher(PoseArray, "~/samples", _RELIABLE_10)
+        self._output_publishers = {
+            name: self.create_publisher(msg_type, topic, _RELIABLE_10)
+            for name, (topic, msg_type) in outputs.OUTPUTS.items()
+            if name != "tf"
+        }
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", _RELIABLE_10)
         self._tf = _TfPublisher(self)
+        self._outputs = outputs.OutputBuilder()
+        self._last_header: Header | None = None
 
         self._lock = threading.Lock()
-        self._throttle = _Throttle(float(self.get_parameter("log_throttle_s").value))
+        self._throttle = Throttle(float(self.get_parameter("log_throttle_s").value))
         self._camera_info: CameraInfo | None = None
         self._depths = DepthBuffer(DEPTH_BUFFER)
         self._pairer = StampPairer(PAIR_BUFFER)
@@ -238,24 +292,41 @@ class PoseDistributionNode(Node):
         self._counts = {"processed": 0, "bad_inputs": 0, "dropped_boxes": 0, "rejected_boxes": 0,
                         "rejected_camera_info": 0}  # fmt: skip
         self._last_error = ""
-        self._slot = FrameSlot()
-        image_qos = IMAGE_QOS[qos_name]
-        if self._detection_type is not None:
-            self.create_subscription(self._detection_type, "detections", self._on_detections, _RELIABLE_10)
-        self.create_subscription(Image, "image", self._on_image, image_qos)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, image_qos)
-        self.create_subscription(Image, "depth", self._depths.add, image_qos)
-        self.create_timer(1.0, self._publish_diagnostics)
-
+        self._subscriptions_made: list[Any] = []
+        self._timer: Any = None
+        self._worker: threading.Thread | None = None
         self._stop = threading.Event()
+
+    def _start(self) -> None:
+        """Subscribe, start the diagnostics timer and the inference worker."""
+        self._slot = FrameSlot()
+        self._stop = threading.Event()
+        self._estimator.reset_tracks()
+        image_qos = IMAGE_QOS[self._image_qos_name]
+        subs = []
+        if self._detection_type is not None:
+            subs.append(self.create_subscription(self._detection_type, "detections", self._on_detections, _RELIABLE_10))
+        subs.append(self.create_subscription(Image, "image", self._on_image, image_qos))
+        subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, image_qos))
+        subs.append(self.create_subscription(Image, "depth", self._depths.add, image_qos))
+        self._subscriptions_made = subs
+        self._timer = self.create_timer(1.0, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._run_worker, name="pose_distribution_inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"ready: model on {model.device} ({model.backend}), input {self._estimator.input_size} px, grid level "
-            f"{self._estimator.target_level}, image QoS {qos_name}; waiting for images on "
-            f"{self.resolve_topic_name('image')}"
+            f"ready: model on {self._estimator.model.device} ({self._estimator.model.backend}), input "
+            f"{self._estimator.input_size} px, grid level {self._estimator.target_level}, image QoS "
+            f"{self._image_qos_name}; waiting for images on {self.resolve_topic_name('image')}"
             + (f" and detections on {self.resolve_topic_name('detections')}" if self._detection_type else "")
         )
+
+    def _teardown(self) -> None:
+        """Destroy the publishers and drop the model (the inverse of ``_setup``)."""
+        for pub in [*self._output_publishers.values(), self._pub_diagnostics]:
+            self.destroy_publisher(pub)
+        self._tf.destroy(self)
+        self._output_publishers = {}
+        self._estimator = None  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ start-up
     def _detection_message_type(self) -> Any:
@@ -284,18 +355,6 @@ class PoseDistributionNode(Node):
         self._node_settings = node_settings
         self._estimator.settings = estimator_settings
         return SetParametersResult(successful=True)
-
-    def _load_model(self, path: Path) -> Any:
-        from pose_core.model import load_model
-
-        device = self.get_parameter("device").value
-        try:
-            model = load_model(path, device=device)
-        except (FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as exc:
-            raise StartupError(f"cannot load checkpoint {path} on device {device!r}: {exc}") from exc
-        trained = f"{model.input_size} px" if model.input_size else "an unrecorded image size"
-        self.get_logger().info(f"loaded {path} ({model.config.encoder}, lmax {model.lmax}, trained on {trained})")
-        return model
 
     # ------------------------------------------------------------------ callbacks (executor thread)
     def _on_image(self, msg: Image) -> None:
@@ -458,25 +517,16 @@ class PoseDistributionNode(Node):
             self._log("detections_no_info", "warning",
                       "no camera_info matching the image: detection crops are not corrected for their viewing ray "
                       "and translations have no direction")  # fmt: skip
-        frame = self._estimator.estimate(rgb, K, depth, boxes)
+        frame = self._estimator.estimate(rgb, K, depth, boxes, stamp_s=stamp_ns(image.header.stamp) * 1e-9)
         self._report(frame, len(boxes) if boxes is not None else 0)
 
         header = Header(stamp=image.header.stamp, frame_id=ns.camera_frame_id or image.header.frame_id)
-        frames = [
-            ns.object_frame_id if o.box is None else f"{ns.object_frame_id}_{messages.frame_suffix(o.box, o.index)}"
-            for o in frame.objects
-        ]
-        msgs = [messages.pose_distribution_msg(o, header, f) for o, f in zip(frame.objects, frames, strict=True)]
-        self._pub_distributions.publish(messages.pose_distribution_array_msg(header, msgs))
-        if msgs:
-            first = frame.objects[0]
-            self._pub_distribution.publish(msgs[0])
-            self._pub_pose.publish(messages.pose_with_covariance_msg(first, header))
-            self._pub_samples.publish(messages.pose_array_msg(first, header, samples=msgs[0].samples))
-            if ns.publish_tf:
-                self._tf.publish(
-                    [messages.transform_msg(o, header, f) for o, f in zip(frame.objects, frames, strict=True)]
-                )
+        self._last_header = header
+        out = self._outputs.build(frame, header, ns, detections)
+        for name, msg in out.items(publish_tf=False):
+            self._output_publishers[name].publish(msg)
+        if ns.publish_tf and out.transforms:
+            self._tf.publish(out.transforms)
         done = time.monotonic()
         with self._lock:
             self._counts["processed"] += 1
@@ -497,7 +547,10 @@ class PoseDistributionNode(Node):
             self._log("max_detections", "warning",
                       f"{num_boxes} detections, keeping the {keep} highest-scoring (max_detections)")  # fmt: skip
         for kind, text in frame.notes:
-            self._bad_input(kind, f"bad {kind}: {text}")
+            if kind == "stamp":  # tracks reset (a replay loop, a pause): not bad input
+                self._log(kind, "warning", text)
+            else:
+                self._bad_input(kind, f"bad {kind}: {text}")
 
     def report_transport(self, profile: Path | None) -> None:
         """Say at start which Fast DDS profile the node runs with, and what would cap it."""
@@ -514,20 +567,99 @@ class PoseDistributionNode(Node):
 
     # ------------------------------------------------------------------ shutdown
     def stop(self) -> None:
-        """Stop the worker thread (waits for the inference in progress)."""
+        """Stop the worker thread (waits for the inference in progress), the subscriptions and the
+        diagnostics timer, and delete the markers drawn (the inverse of ``_start``; idempotent)."""
         self._stop.set()
-        self._slot.wake()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=30.0)
+        worker, self._worker = getattr(self, "_worker", None), None
+        if worker is not None:
+            self._slot.wake()
+            if worker.is_alive() and threading.current_thread() is not worker:
+                worker.join(timeout=30.0)
+        for sub in getattr(self, "_subscriptions_made", []):
+            self.destroy_subscription(sub)
+        self._subscriptions_made = []
+        if getattr(self, "_timer", None) is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        header = getattr(self, "_last_header", None)
+        if header is not None and self.context.ok():
+            cleared = self._outputs.clear(header)
+            if cleared.markers:
+                self._output_publishers["markers"].publish(cleared)
 
 
-def main(args: list[str] | None = None) -> int:
+class PoseDistributionNode(_PoseDistributionCore, Node):
+    """The plain node: configured and active from construction. Raises :class:`StartupError` when it cannot start."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        parameters.declare(self)
+        self._setup()
+        self._start()
+
+
+class PoseDistributionLifecycleNode(_PoseDistributionCore, LifecycleNode):
+    """The managed node (``ros2 lifecycle set /pose_distribution configure`` ...): ``configure`` checks
+    the parameters and loads the model (a failure is logged and the node stays unconfigured),
+    ``activate`` subscribes and starts inference, ``deactivate`` stops both (markers are deleted),
+    ``cleanup`` releases the model and the publishers, ``shutdown`` does what is needed of those."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        parameters.declare(self)
+        self._configured = self._active = False
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._setup()
+        except (StartupError, ParameterException, ValueError) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._configured = True
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._start()
+        self._active = True
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop()
+        self._active = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._configured = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._active:
+            self.on_deactivate(state)
+        if self._configured:
+            self.on_cleanup(state)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in lifecycle state {state.label}; cleaning up")
+        return self.on_shutdown(state)
+
+    def stop(self) -> None:
+        if self._active:
+            super().stop()
+            self._active = False
+
+
+def main(args: list[str] | None = None, lifecycle: bool = False) -> int:
+    """Run the node (``lifecycle``: the managed node, which waits for ``configure`` and ``activate``)."""
     profile = transport.apply_default_profile()
     rclpy.init(args=args)
-    node: PoseDistributionNode | None = None
+    node: _PoseDistributionCore | None = None
     try:
-        node = PoseDistributionNode()
+        node = PoseDistributionLifecycleNode() if lifecycle else PoseDistributionNode()
         node.report_transport(profile)
+        if lifecycle:
+            node.get_logger().info("lifecycle node: unconfigured; waiting for the configure transition")
         rclpy.spin(node)
     except (StartupError, ParameterException, ValueError) as exc:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
@@ -542,5 +674,15 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
+def main_lifecycle(args: list[str] | None = None) -> int:
+    """Entry point of ``pose_distribution_lifecycle_node``."""
+    return main(args, lifecycle=True)
+
+
 if __name__ == "__main__":
+    import sys
+
+    if "--lifecycle" in sys.argv[1:]:
+        sys.argv.remove("--lifecycle")
+        raise SystemExit(main_lifecycle())
     raise SystemExit(main())

@@ -31,6 +31,9 @@ class Parameter:
     max: float | None = None
 
 
+#: Defaults of the estimator's settings that are parameters here (one place: pose_core.pipeline).
+_DEFAULTS = EstimatorSettings()
+
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("checkpoint", "checkpoints/demo.pt",
               "Model checkpoint (pose_core.save_checkpoint). Relative paths: working directory, repository, "
@@ -88,6 +91,23 @@ PARAMETERS: tuple[Parameter, ...] = (
               min=0.1, max=10.0),
     Parameter("max_detections", 8, "Most boxes per image (highest score first); the rest are dropped and counted.",
               min=1, max=256),
+    Parameter("temporal_filter", _DEFAULTS.temporal_filter,
+              "Track each object over frames (by detection id, else box position; keyed by image stamps): the "
+              "previous posterior, diffused by the motion model, is the next frame's prior, and among rotations the "
+              "distribution cannot tell apart the one continuous with the last published mode is published (no "
+              "flips between symmetric poses). false: every frame on its own."),
+    Parameter("filter_rotation_std_deg", _DEFAULTS.filter_rotation_std_deg,
+              "Motion model: std (deg, per axis) of a tracked object's rotation change over one second (random "
+              "walk; over dt seconds std * sqrt(dt)).", min=0.1, max=1000.0),
+    Parameter("filter_outlier_weight", _DEFAULTS.filter_outlier_weight,
+              "Motion model: the prior's uniform share, the chance per frame of an arbitrary turn (larger follows a "
+              "real sudden change sooner, smaller resists flips more).", min=1e-6, max=0.999),
+    Parameter("continuity_tie_nats", _DEFAULTS.continuity_tie_nats,
+              "Peaks within this log-density (nats) of the densest count as indistinguishable; the one nearest the "
+              "previous published mode is published (0: always the densest).", min=0.0, max=100.0),
+    Parameter("track_timeout_s", _DEFAULTS.track_timeout_s,
+              "A track not seen for longer (s) is reset; a stamp going backwards (a bag loop) or jumping by more "
+              "resets all.", min=0.001, max=3600.0),
     Parameter("max_crop_factor", 4.0,
               "A detection box whose crop side exceeds this multiple of the image's longer side is rejected "
               "(logged): a garbage box must not cost more than a frame.", min=1.0, max=100.0),
@@ -162,5 +182,10 @@ def settings_from(values: dict[str, Any]) -> tuple[NodeSettings, EstimatorSettin
         detection_crop_scale=float(v["detection_crop_scale"]),
         max_detections=int(v["max_detections"]),
         max_crop_factor=float(v["max_crop_factor"]),
+        temporal_filter=bool(v["temporal_filter"]),
+        filter_rotation_std_deg=float(v["filter_rotation_std_deg"]),
+        filter_outlier_weight=float(v["filter_outlier_weight"]),
+        continuity_tie_nats=float(v["continuity_tie_nats"]),
+        track_timeout_s=float(v["track_timeout_s"]),
     )
     return node, estimator

@@ -19,6 +19,7 @@ Command-line part, run by those helpers in a child process with ``sys.executable
 
     python ros_helpers.py pub  TYPE TOPIC [--rate HZ] < message.json   # until SIGINT/SIGTERM
     python ros_helpers.py echo TYPE TOPIC [--count N] [--timeout S]    # N JSON lines on stdout
+    python ros_helpers.py lifecycle NODE [TRANSITION] [--timeout S]     # JSON {"success", "state"}
 
 Note: the venv's ``ros_wheels_bootstrapper.pth`` re-executes every python of the venv once
 with ``LD_LIBRARY_PATH`` set (in place, same pid); children inherit the result through the
@@ -50,6 +51,7 @@ __all__ = [
     "collect_messages",
     "dict_to_message",
     "get_message_type",
+    "lifecycle",
     "message_to_dict",
     "random_domain_id",
     "require_ros",
@@ -262,6 +264,18 @@ def collect_messages(
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def lifecycle(node: str, transition: str | None, env: Mapping[str, str], timeout_s: float = 60.0) -> dict[str, Any]:
+    """Ask the lifecycle node ``node`` (full name) for ``transition`` (``configure``, ``activate``,
+    ``deactivate``, ``cleanup``, ``shutdown``; ``None``: none) through its ``change_state`` service,
+    then its state through ``get_state``, from a child process: ``{"success": bool | None, "state": label}``."""
+    proc = run_python([str(HELPER_SCRIPT), "lifecycle", node, *([transition] if transition else []),
+                       "--timeout", str(timeout_s)], env)  # fmt: skip
+    out, err = proc.communicate(timeout=timeout_s + 15.0)
+    if proc.returncode != 0:
+        raise RuntimeError(f"lifecycle {transition} of {node} failed (rc {proc.returncode}):\n{err}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -429,9 +443,48 @@ def _main_echo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _main_lifecycle(args: argparse.Namespace) -> int:
+    import rclpy
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    rclpy.init()
+    try:
+        node = rclpy.create_node("test_helper_lifecycle")
+        deadline = time.monotonic() + args.timeout
+
+        def call(srv_type: Any, name: str, request: Any) -> Any:
+            client = node.create_client(srv_type, f"{args.node}/{name}")
+            if not client.wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
+                raise TimeoutError(f"service {args.node}/{name} not available in {args.timeout} s")
+            future = client.call_async(request)
+            rclpy.spin_until_future_complete(node, future, timeout_sec=max(0.1, deadline - time.monotonic()))
+            if not future.done():
+                raise TimeoutError(f"no answer from {args.node}/{name} in {args.timeout} s")
+            return future.result()
+
+        success = None
+        if args.transition:
+            ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
+                   "deactivate": Transition.TRANSITION_DEACTIVATE, "cleanup": Transition.TRANSITION_CLEANUP,
+                   "shutdown": Transition.TRANSITION_UNCONFIGURED_SHUTDOWN}  # fmt: skip
+            request = ChangeState.Request()
+            request.transition.id = ids[args.transition]
+            success = bool(call(ChangeState, "change_state", request).success)
+        state = call(GetState, "get_state", GetState.Request()).current_state.label
+        print(json.dumps({"success": success, "state": state}), flush=True)
+    finally:
+        rclpy.try_shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    lc = sub.add_parser("lifecycle")
+    lc.add_argument("node", help="full node name, e.g. /ns/pose_distribution")
+    lc.add_argument("transition", nargs="?", help="configure | activate | deactivate | cleanup | shutdown")
+    lc.add_argument("--timeout", type=float, default=60.0, help="seconds")
     for name in ("pub", "echo"):
         p = sub.add_parser(name)
         p.add_argument("type", help="message type, e.g. pose_distribution/msg/PoseDistribution")
@@ -445,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--count", type=int, default=1)
             p.add_argument("--timeout", type=float, default=30.0, help="seconds")
     args = parser.parse_args(argv)
+    if args.command == "lifecycle":
+        return _main_lifecycle(args)
     return _main_pub(args) if args.command == "pub" else _main_echo(args)
 
 

@@ -30,7 +30,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # independent of pytest's import mode
 from ros_helpers import collect_messages, require_ros, ros_domain, start_publisher, stop_process  # noqa: E402
 
-require_ros("rclpy", "pose_distribution.msg", "tf2_msgs.msg", "sensor_msgs.msg", "diagnostic_msgs.msg")
+require_ros(
+    "rclpy", "pose_distribution.msg", "tf2_msgs.msg", "sensor_msgs.msg", "diagnostic_msgs.msg", "vision_msgs.msg",
+    "visualization_msgs.msg",
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / "config" / "pose_distribution.yaml"
@@ -42,6 +45,10 @@ OBJECT = "test_object"
 START_TIMEOUT_S = 120.0
 IMAGE = "sensor_msgs/msg/Image"
 POSE_DISTRIBUTION = "pose_distribution/msg/PoseDistribution"
+DETECTION3D_ARRAY = "vision_msgs/msg/Detection3DArray"
+MARKER_ARRAY = "visualization_msgs/msg/MarkerArray"
+#: visualization_msgs/Marker constants.
+LINE_LIST, SPHERE, TEXT_VIEW_FACING, ADD, DELETE = 5, 2, 9, 0, 2
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -94,12 +101,15 @@ class RunningNode:
         raise AssertionError(f"no log line containing {needle!r} within {timeout_s} s; log:\n{self.text()[-4000:]}")
 
 
-def _start_node(env: dict[str, str], log: Path, *params: str) -> tuple[subprocess.Popen[Any], str]:
+def _start_node(
+    env: dict[str, str], log: Path, *params: str, lifecycle: bool = False
+) -> tuple[subprocess.Popen[Any], str]:
     ns = f"/test_{uuid.uuid4().hex[:10]}"
     args = [
         sys.executable,
         "-m",
         "pose_distribution_ros.node",
+        *(["--lifecycle"] if lifecycle else []),
         "--ros-args",
         "-r",
         f"__ns:={ns}",
@@ -206,6 +216,20 @@ def _wait_for_output(
     raise AssertionError(f"no {topic} for stamp {sec} within {timeout_s} s (saw {seen}); log:\n{node.text()[-3000:]}")
 
 
+def wait_for_markers(node: RunningNode, env: dict[str, str], sec: int, timeout_s: float = 40.0) -> dict[str, Any]:
+    """The first ``~/markers`` MarkerArray whose markers are stamped with seconds ``sec`` (it has no header)."""
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        left = max(1.0, deadline - time.monotonic())
+        for m in collect_messages(MARKER_ARRAY, node.output("markers"), env, count=3, timeout_s=left):
+            stamps = {mk["header"]["stamp"]["sec"] for mk in m["markers"]}
+            if stamps == {sec}:
+                return m
+            seen.append(sorted(stamps))
+    raise AssertionError(f"no markers for stamp {sec} within {timeout_s} s (saw {seen}); log:\n{node.text()[-3000:]}")
+
+
 # --------------------------------------------------------------------------- outputs of a good image
 
 
@@ -226,6 +250,8 @@ def outputs(node: RunningNode, env: dict[str, str]) -> dict[str, Any]:
         )
         out["pose"] = _wait_for_output(node, env, sec, "pose", "geometry_msgs/msg/PoseWithCovarianceStamped")
         out["samples"] = _wait_for_output(node, env, sec, "samples", "geometry_msgs/msg/PoseArray")
+        out["detections"] = _wait_for_output(node, env, sec, "detections", DETECTION3D_ARRAY)
+        out["markers"] = wait_for_markers(node, env, sec)
         out["tf"] = collect_messages("tf2_msgs/msg/TFMessage", "/tf", env, count=1, timeout_s=30.0, depth=100)[0]
         out["diagnostics"] = collect_messages(
             "diagnostic_msgs/msg/DiagnosticArray", "/diagnostics", env, count=1, timeout_s=30.0
@@ -287,6 +313,56 @@ def test_tf_frames(outputs: dict[str, Any]) -> None:
     mode = outputs["distribution"]["mode"]["orientation"]
     q = tf["transform"]["rotation"]
     assert abs(sum(mode[k] * q[k] for k in "xyzw")) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_detection3d_carries_the_mode_covariance_class_and_score(outputs: dict[str, Any]) -> None:
+    arr = outputs["detections"]
+    assert arr["header"] == _header(100)
+    (det,) = arr["detections"]
+    assert det["header"] == _header(100) and det["id"] == "image"  # its track: the whole image
+    (result,) = det["results"]
+    d = outputs["distribution"]
+    assert result["hypothesis"]["class_id"] == "object"  # the class_id parameter's default
+    # score: the probability mass of the published mode (the first of the message's modes)
+    assert result["hypothesis"]["score"] == pytest.approx(d["modes"][0]["probability_mass"], rel=1e-6)
+    assert 0 < result["hypothesis"]["score"] <= 1
+    for k in "xyz":
+        assert result["pose"]["pose"]["position"][k] == pytest.approx(d["mode"]["position"][k], abs=1e-12)
+    q, m = result["pose"]["pose"]["orientation"], d["mode"]["orientation"]
+    assert abs(sum(q[k] * m[k] for k in "xyzw")) == pytest.approx(1.0, abs=1e-6)
+    # covariance in PoseWithCovariance order, identical to the PoseDistribution's (and not zero)
+    np.testing.assert_allclose(result["pose"]["covariance"], d["covariance"], rtol=0, atol=0)
+    C = np.asarray(result["pose"]["covariance"]).reshape(6, 6)
+    assert C[0, 0] > 0 and C[3, 3] > 0
+    assert det["bbox"]["center"] == result["pose"]["pose"]
+    assert det["bbox"]["size"] == {"x": 0.0, "y": 0.0, "z": 0.0}  # object_size_m unknown
+
+
+def test_markers_draw_the_mode_samples_ellipsoid_and_label(outputs: dict[str, Any]) -> None:
+    markers = outputs["markers"]["markers"]
+    assert {m["ns"] for m in markers} == {OBJECT}
+    by_id = {m["id"]: m for m in markers}
+    assert sorted(by_id) == [0, 1, 2, 3] and all(m["action"] == ADD for m in markers)
+    assert all(m["header"] == _header(100) for m in markers)
+    p = outputs["distribution"]["mode"]["position"]
+    origin = np.array([p["x"], p["y"], p["z"]])
+    mode = by_id[0]
+    assert mode["type"] == LINE_LIST and len(mode["points"]) == 6 and len(mode["colors"]) == 6
+    pts = np.array([[q["x"], q["y"], q["z"]] for q in mode["points"]])
+    np.testing.assert_allclose(pts[0::2], np.tile(origin, (3, 1)), atol=1e-9)
+    axes = pts[1::2] - origin  # the mode's axes, 0.1 m long (marker_axis_length_m), orthonormal
+    np.testing.assert_allclose(axes @ axes.T, 0.01 * np.eye(3), atol=1e-9)
+    assert [c["r"] for c in mode["colors"][0::2]] == [1.0, 0.0, 0.0]  # x red, y green, z blue
+    samples = by_id[1]
+    assert samples["type"] == LINE_LIST and len(samples["points"]) == 30 * 6  # marker_samples of 50
+    assert all(0.1 - 1e-6 <= c["a"] <= 1.0 for c in samples["colors"])
+    ellipsoid = by_id[2]
+    assert ellipsoid["type"] == SPHERE  # nominal translation: large, elongated along the viewing ray
+    diameters = sorted(ellipsoid["scale"][k] for k in "xyz")
+    assert diameters[0] > 0 and diameters[2] > 2 * diameters[0]
+    for k in "xyz":
+        assert ellipsoid["pose"]["position"][k] == pytest.approx(p[k], abs=1e-12)
+    assert by_id[3]["type"] == TEXT_VIEW_FACING and by_id[3]["text"].startswith("object ")
 
 
 def test_diagnostics(outputs: dict[str, Any]) -> None:

@@ -23,6 +23,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # independent of pytest's import mode
 from ros_helpers import collect_messages, require_ros, start_publisher  # noqa: E402
 from test_node import (  # noqa: E402
+    ADD,
+    DELETE,
+    DETECTION3D_ARRAY,
     FRAME,
     IMAGE,
     START_TIMEOUT_S,
@@ -30,6 +33,7 @@ from test_node import (  # noqa: E402
     _start_node,
     _wait_for_output,
     env,  # noqa: F401 - fixture
+    wait_for_markers,
 )
 
 require_ros("rclpy", "pose_distribution.msg", "tf2_msgs.msg", "sensor_msgs.msg", "vision_msgs.msg")
@@ -209,6 +213,25 @@ def test_more_boxes_than_max_detections_keeps_the_best(det_node: RunningNode, en
         array = _wait_for_output(det_node, env, sec, "distributions", ARRAY, timeout_s=40.0)
     assert [d["object_frame_id"] for d in array["distributions"]] == [f"{OBJECT}_d1", f"{OBJECT}_d2"]
     assert "keeping the 2 highest-scoring" in det_node.text()[start:]
+
+
+def test_detections3d_and_markers_per_box_cleared_when_a_box_disappears(
+    det_node: RunningNode, env: dict[str, str], scene  # noqa: F811
+) -> None:
+    both = [_detection(CENTERS[0], 133.0, 0.9, "a"), _detection(CENTERS[1], 133.0, 0.5, "b")]
+    with _publishers(det_node, env, scene, 540, both):
+        arr = _wait_for_output(det_node, env, 540, "detections", DETECTION3D_ARRAY, timeout_s=40.0)
+        markers = wait_for_markers(det_node, env, 540)
+    assert [d["id"] for d in arr["detections"]] == ["a", "b"]
+    assert {r["hypothesis"]["class_id"] for d in arr["detections"] for r in d["results"]} == {"thing"}
+    drawn = {(m["ns"], m["action"]) for m in markers["markers"]}
+    assert {(f"{OBJECT}_a", ADD), (f"{OBJECT}_b", ADD)} <= drawn
+    # b disappears: its four markers are deleted in the next frame, a is drawn again
+    with _publishers(det_node, env, scene, 541, both[:1]):
+        markers = wait_for_markers(det_node, env, 541)
+    b = [m for m in markers["markers"] if m["ns"] == f"{OBJECT}_b"]
+    assert sorted(m["id"] for m in b) == [0, 1, 2, 3] and all(m["action"] == DELETE for m in b)
+    assert {m["action"] for m in markers["markers"] if m["ns"] == f"{OBJECT}_a"} == {ADD}
 
 
 def test_detection_boxes_order_and_frame_suffix() -> None:
