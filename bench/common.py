@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +65,16 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: int = 2, device: torch.
             torch.cuda.synchronize(device)
         samples.append(1000 * (time.perf_counter() - t))
     return summarize_ms(samples)
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit ("" when git cannot tell), for the JSON of a benchmark."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def rss_mb() -> float:

@@ -54,16 +54,6 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "demo.pt"
 
 
-def _git_commit() -> str:
-    try:
-        import subprocess
-
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def _reference(args: argparse.Namespace, setup: stages.Setup) -> dict[str, Any]:
     """The reference's own inference (``bench/reference_timing.py`` run by ``--reference-python``),
     and ours with the same encoder on the same kind of input, one after the other in this run."""
@@ -278,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": common.git_commit(),
         "quick": args.quick,
         "device": str(device),
         "hardware": common.hardware(device),

@@ -41,7 +41,6 @@ import datetime
 import json
 import math
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,14 +56,6 @@ from bench import common  # noqa: E402
 
 DEFAULT_JSON = REPO / "docs" / "benchmarks" / "temporal.json"
 FLIP_DEG, STILL_DEG, JUMP_EXCESS_DEG, JUMP_DEG, SYMMETRIC_DEG = 30.0, 5.0, 25.0, 45.0, 20.0
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def _relative(path: Path) -> str:
@@ -188,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": common.git_commit(),
         "quick": args.quick,
         "hardware": common.hardware(torch.device("cpu")),
         "model": {"checkpoint": _relative(args.checkpoint), "encoder": model.config.encoder, "backend": model.backend,
