@@ -91,11 +91,13 @@ def _reference(args: argparse.Namespace, setup: stages.Setup) -> dict[str, Any]:
 
 def _ros_camera_sizes(args: argparse.Namespace, setup: stages.Setup, device: torch.device) -> list[dict[str, Any]]:
     """Frames answered, dropped by the node, lost in transport and latency at robot camera sizes, 30 Hz:
-    the default set-up (the node's Fast DDS profile, sensor-data QoS, the publisher unchanged); no
-    profile; reliable QoS on both sides without the profile."""
+    the default set-up (the node's Fast DDS profile, sensor-data QoS, the publisher unchanged); the
+    same without tracking and markers (``temporal_filter:=false publish_markers:=false``: what they
+    cost, side by side); no profile; reliable QoS on both sides without the profile."""
     # (a shared-memory profile on both sides cannot be measured here: this process's Fast DDS reads
     # its profile once, at its first participant; bench/transport.py measures it in fresh processes)
     variants = [("default", {}, (), False),
+                ("untracked", {}, ("temporal_filter:=false", "publish_markers:=false"), False),
                 ("no_profile", {"POSE_DISTRIBUTION_FASTDDS_PROFILE": "0"}, (), False),
                 ("reliable", {"POSE_DISTRIBUTION_FASTDDS_PROFILE": "0"}, ("image_qos:=reliable",), True)]
     sizes = stages.CAMERA_SIZES[1:]

@@ -522,7 +522,9 @@ class _PoseDistributionCore:
 
         header = Header(stamp=image.header.stamp, frame_id=ns.camera_frame_id or image.header.frame_id)
         self._last_header = header
-        out = self._outputs.build(frame, header, ns, detections)
+        markers = self._output_publishers["markers"]
+        out = self._outputs.build(frame, header, ns, detections,
+                                  draw_markers=ns.publish_markers and markers.get_subscription_count() > 0)
         for name, msg in out.items(publish_tf=False):
             self._output_publishers[name].publish(msg)
         if ns.publish_tf and out.transforms:

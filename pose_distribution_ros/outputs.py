@@ -87,7 +87,8 @@ class OutputBuilder:
         self._namespaces: set[str] = set()
 
     def build(
-        self, frame: FrameEstimate, header: Header, settings: NodeSettings, detections: Any = None
+        self, frame: FrameEstimate, header: Header, settings: NodeSettings, detections: Any = None,
+        draw_markers: bool | None = None,
     ) -> FrameMessages:
         """Messages of ``frame``, stamped ``header``.
 
@@ -96,7 +97,11 @@ class OutputBuilder:
             header: the outputs' header (the image's stamp, the camera frame).
             settings: the node's settings (frames, class, size, markers).
             detections: the ``vision_msgs/Detection2DArray`` the boxes came from (class ids), or ``None``.
+            draw_markers: draw this frame's markers; default ``settings.publish_markers`` (the node
+                passes ``False`` while nobody subscribes: they cost about 2 ms a frame). Markers drawn
+                before are deleted either way.
         """
+        draw = settings.publish_markers if draw_markers is None else bool(draw_markers)
         classes = messages.detection_class_ids(detections) if detections is not None else []
         frames = [child_frame(o, settings.object_frame_id) for o in frame.objects]
         dists = [messages.pose_distribution_msg(o, header, f) for o, f in zip(frame.objects, frames, strict=True)]
@@ -110,7 +115,7 @@ class OutputBuilder:
             detection_id = getattr(o, "track_id", "") or (o.box.id if o.box is not None and o.box.id else str(o.index))
             det = messages.detection3d_msg(o, header, class_id, settings.object_size_m, detection_id)
             out.detections.detections.append(det)
-            if settings.publish_markers:
+            if draw:
                 label = f"{class_id} {det.results[0].hypothesis.score:.2f}"
                 out.markers.markers.extend(
                     messages.marker_msgs(o, header, f, settings.marker_axis_length_m, label, settings.marker_samples)
@@ -120,7 +125,7 @@ class OutputBuilder:
             out.distribution = dists[0]
             out.pose = messages.pose_with_covariance_msg(frame.objects[0], header)
             out.samples = messages.pose_array_msg(frame.objects[0], header, samples=dists[0].samples)
-        drawn = set(frames) if settings.publish_markers else set()
+        drawn = set(frames) if draw else set()
         for ns in sorted(self._namespaces - drawn):
             out.markers.markers.extend(messages.delete_marker_msgs(header, ns))
         self._namespaces = drawn

@@ -52,6 +52,7 @@ __all__ = [
     "dict_to_message",
     "get_message_type",
     "lifecycle",
+    "recording",
     "message_to_dict",
     "random_domain_id",
     "require_ros",
@@ -264,6 +265,23 @@ def collect_messages(
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+@contextlib.contextmanager
+def recording(msg_type: str, topic: str, env: Mapping[str, str], directory: Path) -> Iterator[list[dict[str, Any]]]:
+    """Subscribe to ``topic`` in a child process for the duration of the block; afterwards the list
+    it yields holds every message received, as :func:`message_to_dict` dicts (stopped with SIGINT;
+    output through a file in ``directory``, so that no pipe fills up)."""
+    out_path = Path(directory) / f"recording_{random.randrange(1 << 30)}.jsonl"
+    received: list[dict[str, Any]] = []
+    with open(out_path, "w") as out:
+        proc = run_python([str(HELPER_SCRIPT), "echo", msg_type, topic, "--count", "1000000000", "--timeout", "3600"],
+                          env, stdout=out, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            yield received
+        finally:
+            stop_process(proc, timeout_s=15.0)
+    received.extend(json.loads(line) for line in out_path.read_text().splitlines() if line.strip())
+
+
 def lifecycle(node: str, transition: str | None, env: Mapping[str, str], timeout_s: float = 60.0) -> dict[str, Any]:
     """Ask the lifecycle node ``node`` (full name) for ``transition`` (``configure``, ``activate``,
     ``deactivate``, ``cleanup``, ``shutdown``; ``None``: none) through its ``change_state`` service,
@@ -421,6 +439,7 @@ def _main_pub(args: argparse.Namespace) -> int:
 
 def _main_echo(args: argparse.Namespace) -> int:
     import rclpy
+    from rclpy.executors import ExternalShutdownException
 
     msg_cls = get_message_type(args.type)
     received: list[Any] = []
@@ -429,8 +448,11 @@ def _main_echo(args: argparse.Namespace) -> int:
         node = rclpy.create_node("test_helper_collector")
         node.create_subscription(msg_cls, args.topic, received.append, _qos_profile(args))
         deadline = time.monotonic() + args.timeout
-        while len(received) < args.count and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.1)
+        try:
+            while len(received) < args.count and time.monotonic() < deadline:
+                rclpy.spin_once(node, timeout_sec=0.1)
+        except (KeyboardInterrupt, ExternalShutdownException):  # SIGINT: print what has come
+            pass
         for msg in received[: args.count]:
             print(json.dumps(message_to_dict(msg)), flush=True)
     finally:

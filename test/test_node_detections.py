@@ -216,22 +216,29 @@ def test_more_boxes_than_max_detections_keeps_the_best(det_node: RunningNode, en
 
 
 def test_detections3d_and_markers_per_box_cleared_when_a_box_disappears(
-    det_node: RunningNode, env: dict[str, str], scene  # noqa: F811
+    det_node: RunningNode, env: dict[str, str], scene, tmp_path: Path  # noqa: F811
 ) -> None:
+    from ros_helpers import recording
+
     both = [_detection(CENTERS[0], 133.0, 0.9, "a"), _detection(CENTERS[1], 133.0, 0.5, "b")]
-    with _publishers(det_node, env, scene, 540, both):
-        arr = _wait_for_output(det_node, env, 540, "detections", DETECTION3D_ARRAY, timeout_s=40.0)
-        markers = wait_for_markers(det_node, env, 540)
+    # one subscriber all along, as RViz would be (the node draws markers only while someone listens)
+    with recording("visualization_msgs/msg/MarkerArray", det_node.output("markers"), env, tmp_path) as arrays:
+        with _publishers(det_node, env, scene, 540, both):
+            arr = _wait_for_output(det_node, env, 540, "detections", DETECTION3D_ARRAY, timeout_s=40.0)
+            wait_for_markers(det_node, env, 540)
+        with _publishers(det_node, env, scene, 541, both[:1]):  # b disappears
+            wait_for_markers(det_node, env, 541)
     assert [d["id"] for d in arr["detections"]] == ["a", "b"]
     assert {r["hypothesis"]["class_id"] for d in arr["detections"] for r in d["results"]} == {"thing"}
-    drawn = {(m["ns"], m["action"]) for m in markers["markers"]}
-    assert {(f"{OBJECT}_a", ADD), (f"{OBJECT}_b", ADD)} <= drawn
-    # b disappears: its four markers are deleted in the next frame, a is drawn again
-    with _publishers(det_node, env, scene, 541, both[:1]):
-        markers = wait_for_markers(det_node, env, 541)
-    b = [m for m in markers["markers"] if m["ns"] == f"{OBJECT}_b"]
-    assert sorted(m["id"] for m in b) == [0, 1, 2, 3] and all(m["action"] == DELETE for m in b)
-    assert {m["action"] for m in markers["markers"] if m["ns"] == f"{OBJECT}_a"} == {ADD}
+
+    def stamped(sec: int) -> list[dict[str, Any]]:
+        return [m for a in arrays for m in a["markers"] if m["header"]["stamp"]["sec"] == sec]
+
+    assert {(f"{OBJECT}_a", ADD), (f"{OBJECT}_b", ADD)} <= {(m["ns"], m["action"]) for m in stamped(540)}
+    later = stamped(541)
+    b = [m for m in later if m["ns"] == f"{OBJECT}_b"]
+    assert sorted(m["id"] for m in b) == [0, 1, 2, 3] and all(m["action"] == DELETE for m in b)  # deleted once
+    assert {m["action"] for m in later if m["ns"] == f"{OBJECT}_a"} == {ADD}
 
 
 def test_detection_boxes_order_and_frame_suffix() -> None:
