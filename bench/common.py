@@ -12,9 +12,12 @@ Conventions, stated once for the whole suite (``bench/run.py`` and the modules i
 
 from __future__ import annotations
 
+import datetime
 import os
 import resource
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +78,16 @@ def git_commit() -> str:
                               timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def run_record(device: torch.device) -> dict[str, Any]:
+    """What every benchmark JSON starts with: ``command``, ``date`` (UTC), ``git_commit``, ``hardware``."""
+    return {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "hardware": hardware(device),
+    }
 
 
 def rss_mb() -> float:

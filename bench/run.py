@@ -32,11 +32,9 @@ are meaningless: ``hardware.load_average`` (before) and ``load_average_after`` s
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -267,14 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     t_start = time.monotonic()
-    result: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": common.git_commit(),
-        "quick": args.quick,
-        "device": str(device),
-        "hardware": common.hardware(device),
-    }
+    result: dict[str, Any] = {**common.run_record(device), "quick": args.quick, "device": str(device)}
     q = args.quick
     model = load_model(args.checkpoint, device=device).use_backend(args.backend)
     n_images = 3 if q else 200  # 200 for the mode agreement; the timings use the first ones

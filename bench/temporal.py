@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -177,11 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"off": dataclasses.replace(on_settings, temporal_filter=False), "on": on_settings}
     t_start = time.monotonic()
     result: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": common.git_commit(),
+        **common.run_record(torch.device("cpu")),
         "quick": args.quick,
-        "hardware": common.hardware(torch.device("cpu")),
         "model": {"checkpoint": _relative(args.checkpoint), "encoder": model.config.encoder, "backend": model.backend,
                   "input_size": model.input_size, "torch_threads": torch.get_num_threads()},
         "sequence": {"rate_hz": args.rate, "size_px": args.size, "speed_deg_s": args.speed,

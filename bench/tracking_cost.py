@@ -15,10 +15,8 @@ time minus image stamp) p50 / p90, through :class:`bench.ros_e2e.NodeUnderTest`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,11 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device("cpu")
     images, _, _, K = common.render_images(3)
-    result: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": common.git_commit(), "hardware": common.hardware(device), "rows": [],
-    }  # fmt: skip
+    result: dict[str, Any] = {**common.run_record(device), "rows": []}
     print(f"{'camera':10s} {'variant':10s} {'answered':>9s} {'dropped':>8s} {'lost':>5s} {'p50 ms':>8s} {'p90 ms':>8s}")
     for size in stages.CAMERA_SIZES[1:]:
         frames, Kc = stages.camera_images(size, images, K)

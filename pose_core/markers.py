@@ -17,6 +17,7 @@ y green, z blue.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -87,8 +88,10 @@ def sample_axes(
     return points, colors.reshape(-1, 4)
 
 
+@functools.lru_cache(maxsize=8)
 def chi_square_3_quantile(p: float) -> float:
-    """The ``p`` quantile of the chi-square distribution with 3 degrees of freedom (bisection)."""
+    """The ``p`` quantile of the chi-square distribution with 3 degrees of freedom (bisection; cached:
+    every drawn ellipsoid asks for the same one)."""
     if not 0 < p < 1:
         raise ValueError(f"p must be in (0, 1), got {p}")
 

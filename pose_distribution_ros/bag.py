@@ -420,6 +420,10 @@ def rotation_error(predicted: Iterable[float], truth: Iterable[float], symmetrie
     return float(metrics.nearest_equivalent_error(R_pred, [R_true @ S])[0])
 
 
+#: usable_depth's kinds -> the summary's problem labels.
+_DEPTH_PROBLEMS = {"depth_skew": "depth skew", "depth_no_info": "depth without camera_info", "depth": "bad depth"}
+
+
 @dataclass
 class _Stats:
     images: int = 0
@@ -742,9 +746,7 @@ class _Run:
 
     def _depth_for(self, image: Any, K: list[float] | None) -> Any:
         """The depth image (m) nearest ``image`` in stamp, or None (each reason counted): the node's ``_depth_for``."""
-        from pose_distribution_ros.image_conversion import ImageConversionError, depth_image_to_meters
-        from pose_distribution_ros.node import DEPTH_MAX_SKEW_S
-        from pose_distribution_ros.pairing import DepthBuffer
+        from pose_distribution_ros.pairing import DepthBuffer, usable_depth
 
         if not self.depths:
             if self.topics.depth:
@@ -753,19 +755,11 @@ class _Run:
         buffer = DepthBuffer(len(self.depths))
         for _, d in self.depths:
             buffer.add(d)
-        depth, skew = buffer.closest(image.header.stamp)
-        if skew > DEPTH_MAX_SKEW_S:
-            self._problem("depth skew", f"nearest depth image is {skew * 1000:.0f} ms from the colour image (more "
-                                        f"than {DEPTH_MAX_SKEW_S * 1000:.0f} ms): not used")  # fmt: skip
-            return None
-        if K is None:
-            self._problem("depth without camera_info", "depth image but no matching camera_info: depth not used")
-            return None
-        try:
-            return depth_image_to_meters(depth)
-        except ImageConversionError as exc:
-            self._problem("bad depth", f"bad depth: {exc}")
-            return None
+        depth_m, problem = usable_depth(*buffer.closest(image.header.stamp), K)
+        if problem is not None:
+            kind, text = problem
+            self._problem(_DEPTH_PROBLEMS[kind], text)
+        return depth_m
 
     def _report_frame(self, frame: Any, num_boxes: int) -> None:
         """Count and report what the estimator did not serve (the node's ``_report``)."""

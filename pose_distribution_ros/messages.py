@@ -186,7 +186,7 @@ def detection3d_msg(
     result.pose.pose = pose_msg(estimate.orientation, estimate.translation)
     result.pose.covariance = np.asarray(estimate.covariance, dtype=np.float64).reshape(36)
     msg.results = [result]
-    msg.bbox.center = pose_msg(estimate.orientation, estimate.translation)
+    msg.bbox.center = result.pose.pose
     sx, sy, sz = (float(v) for v in size)
     msg.bbox.size = Vector3(x=sx, y=sy, z=sz)
     return msg

@@ -67,12 +67,10 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from pose_distribution_ros import parameters, transport
-from pose_distribution_ros.image_conversion import ImageConversionError, depth_image_to_meters, image_to_rgb
-from pose_distribution_ros.pairing import DepthBuffer, FrameSlot, StampPairer, stamp_ns
+from pose_distribution_ros.image_conversion import ImageConversionError, image_to_rgb
+from pose_distribution_ros.pairing import DepthBuffer, FrameSlot, StampPairer, stamp_ns, usable_depth
 
 NODE_NAME = "pose_distribution"
-#: Depth images whose stamp is further than this from the colour image's are not used (s).
-DEPTH_MAX_SKEW_S = 0.1
 #: Depth images kept to pair with colour images by stamp.
 DEPTH_BUFFER = 10
 #: Colour images / detection arrays kept to pair with each other by stamp (use_detections).
@@ -491,21 +489,14 @@ class _PoseDistributionCore:
     def _depth_for(self, image: Image, K: list[float] | None) -> Any:
         """The aligned depth image (m) nearest ``image`` in time, or None (each reason logged)."""
         depth, skew = self._depths.closest(image.header.stamp)
-        if depth is None:
-            return None
-        if skew > DEPTH_MAX_SKEW_S:
-            self._log("depth_skew", "warning",
-                      f"nearest depth image is {skew * 1000:.0f} ms from the colour image (more than "
-                      f"{DEPTH_MAX_SKEW_S * 1000:.0f} ms): not used")  # fmt: skip
-            return None
-        if K is None:
-            self._log("depth_no_info", "warning", "depth image but no matching camera_info: depth not used")
-            return None
-        try:
-            return depth_image_to_meters(depth)
-        except ImageConversionError as exc:
-            self._bad_input("depth", f"bad depth: {exc}")
-            return None
+        depth_m, problem = usable_depth(depth, skew, K)
+        if problem is not None:
+            kind, text = problem
+            if kind == "depth":
+                self._bad_input(kind, text)
+            else:
+                self._log(kind, "warning", text)
+        return depth_m
 
     def _process(self, image: Image, received: float, detections: Any, started: float) -> None:
         ns = self._node_settings

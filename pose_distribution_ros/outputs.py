@@ -112,7 +112,7 @@ class OutputBuilder:
         )
         for o, f in zip(frame.objects, frames, strict=True):
             class_id = (classes[o.index] if o.index < len(classes) else "") or settings.class_id
-            detection_id = getattr(o, "track_id", "") or (o.box.id if o.box is not None and o.box.id else str(o.index))
+            detection_id = o.track_id or (o.box.id if o.box is not None and o.box.id else str(o.index))
             det = messages.detection3d_msg(o, header, class_id, settings.object_size_m, detection_id)
             out.detections.detections.append(det)
             if draw:

@@ -2,7 +2,8 @@
 
 * :class:`StampPairer`: colour images and ``Detection2DArray`` messages of exactly the same stamp
   (a detector answers one image; either message may arrive first).
-* :class:`DepthBuffer`: the depth image nearest a colour image's stamp, within a skew.
+* :class:`DepthBuffer`: the depth image nearest a colour image's stamp, within a skew;
+  :func:`usable_depth` says whether it can be used (the node and the bag command share it).
 * :class:`FrameSlot`: newest frame wins; an unprocessed frame that is overwritten is counted.
 
 All are thread-safe (the executor thread fills them, the worker thread takes from the slot).
@@ -17,7 +18,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["stamp_ns", "StampPairer", "DepthBuffer", "FrameSlot"]
+__all__ = ["stamp_ns", "StampPairer", "DepthBuffer", "FrameSlot", "DEPTH_MAX_SKEW_S", "usable_depth"]
+
+#: Depth images whose stamp is further than this from the colour image's are not used (s).
+DEPTH_MAX_SKEW_S = 0.1
 
 
 def stamp_ns(stamp: Any) -> int:
@@ -123,3 +127,27 @@ class FrameSlot:
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+
+def usable_depth(depth: Any, skew_s: float, K: Any) -> tuple[Any, tuple[str, str] | None]:
+    """The depth image (m, ``(H, W)`` float) of the ``sensor_msgs/Image`` ``depth`` found ``skew_s``
+    seconds from the colour image, with intrinsics ``K`` (or ``None``); ``(None, None)`` without one.
+
+    Returns:
+        ``(depth_m, None)``, or ``(None, (kind, text))`` saying why it is not used: ``"depth_skew"``
+        (further than :data:`DEPTH_MAX_SKEW_S`) and ``"depth_no_info"`` (no intrinsics) are warnings,
+        ``"depth"`` a bad depth image (an error: wrong encoding, size, data).
+    """
+    from pose_distribution_ros.image_conversion import ImageConversionError, depth_image_to_meters
+
+    if depth is None:
+        return None, None
+    if skew_s > DEPTH_MAX_SKEW_S:
+        return None, ("depth_skew", f"nearest depth image is {skew_s * 1000:.0f} ms from the colour image (more "
+                                    f"than {DEPTH_MAX_SKEW_S * 1000:.0f} ms): not used")  # fmt: skip
+    if K is None:
+        return None, ("depth_no_info", "depth image but no matching camera_info: depth not used")
+    try:
+        return depth_image_to_meters(depth), None
+    except ImageConversionError as exc:
+        return None, ("depth", f"bad depth: {exc}")
