@@ -86,11 +86,13 @@ def main() -> int:
         while time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=max(0.0, min(0.02, end - time.monotonic())))
 
-    def stamp_now() -> Any:
-        t = time.time()
+    def stamp_of(t: float) -> Any:
         from builtin_interfaces.msg import Time
 
         return Time(sec=int(t), nanosec=int((t % 1) * 1e9))
+
+    def stamp_now() -> Any:
+        return stamp_of(time.time())
 
     def image(width: int, height: int, seed: int = 0) -> Any:
         rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -133,9 +135,12 @@ def main() -> int:
         w, h, rate, count = opts.get("width", 640), opts.get("height", 480), opts.get("rate", 30), opts.get("count", 90)
         msg, cam = image(w, h), info(w, h)
         stamps, period, t_next = [], 1.0 / rate, time.monotonic()
-        for _ in range(count):
+        t_capture = time.time()
+        for i in range(count):
             spin(max(0.0, t_next - time.monotonic()))
-            st = stamp_now()
+            # stamped with the capture time of a camera at ``rate`` (regular), not when this process gets
+            # to publish: on a busy machine it publishes late frames back to back, as a driver would
+            st = stamp_of(t_capture + i * period)
             send(cam, pub_info, st)
             send(msg, pub_image, st)
             stamps.append((key(st), time.time()))
