@@ -139,8 +139,45 @@ class Encoder(nn.Module):
         x = self.normalize(images)  # (B, 3, H, W)
         return self.body(x)  # (B, C, h, w)
 
+    def pyramid(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Intermediate feature maps, finest first, for dense heads (a U-Net decoder).
+
+        Args:
+            images: ``(B, 3, H, W)`` float RGB in ``[0, 1]``.
+
+        Returns:
+            ``[(B, C_k, ceil(H / s_k), ceil(W / s_k))]`` for the strides ``s_k`` = 4, 8, 16, 32 with
+            :attr:`pyramid_channels` ``C_k``; the last stage's 1x1 head conv is not run.
+
+        Raises:
+            ValueError: this encoder has no pyramid taps (only ``mobilenet_v2`` has them).
+        """
+        taps = _PYRAMID_TAPS.get(self.name)
+        if taps is None:
+            raise ValueError(f"encoder {self.name!r} has no feature pyramid; use one of {tuple(_PYRAMID_TAPS)}")
+        x = self.normalize(images)
+        out = []
+        for i, layer in enumerate(self.body.features[: taps[-1] + 1]):
+            x = layer(x)
+            if i in taps:
+                out.append(x)
+        return out
+
+    @property
+    def pyramid_channels(self) -> tuple[int, ...]:
+        """Channels of :meth:`pyramid`'s maps, finest first."""
+        if self.name not in _PYRAMID_TAPS:
+            raise ValueError(f"encoder {self.name!r} has no feature pyramid; use one of {tuple(_PYRAMID_TAPS)}")
+        return _PYRAMID_CHANNELS[self.name]
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}"
+
+
+#: Layers of ``body.features`` whose outputs are the stride 4, 8, 16, 32 maps of :meth:`Encoder.pyramid`,
+#: and their channels (torchvision MobileNetV2: the last block of each resolution).
+_PYRAMID_TAPS: dict[str, tuple[int, ...]] = {"mobilenet_v2": (3, 6, 13, 17)}
+_PYRAMID_CHANNELS: dict[str, tuple[int, ...]] = {"mobilenet_v2": (24, 32, 96, 320)}
 
 
 def _check_images(images: torch.Tensor) -> None:

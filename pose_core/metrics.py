@@ -26,6 +26,13 @@ the same image; one rotation for asymmetric objects). It is given either as a pa
     level).log_prob(gt)``, computed in chunks so that level 5 (the Image2Sphere evaluation grid,
     2,359,296 cells) fits in memory. The level must be reported with the number.
 
+SE(3) (translations in m, camera frame; densities w.r.t. Haar (volume ``pi**2``) x Lebesgue m³):
+
+* :func:`translation_error`: Euclidean distance ``(B,)`` (m) of the predicted translation to the truth.
+* :func:`se3_log_likelihood`: the log-density of the true pose, averaged over the equivalent rotations.
+* :func:`inside_ellipsoid`: whether the truth lies inside the ``p`` ellipsoid of a translation covariance
+  (calibration: over many images, about a fraction ``p`` should).
+
 Per-shape / per-category tables: :func:`summarize` and :func:`aggregate_by`.
 """
 
@@ -52,6 +59,9 @@ __all__ = [
     "FLIP_JUMP",
     "FLIP_STILL",
     "mode_flips",
+    "translation_error",
+    "se3_log_likelihood",
+    "inside_ellipsoid",
 ]
 
 #: A flip of a published mode: it moves by more than FLIP_JUMP between consecutive frames while the
@@ -233,3 +243,37 @@ def aggregate_by(
         mean.update({k: float(np.mean([out[g][k] for g in names])) for k in keys})
         out["mean_of_groups"] = mean
     return out
+
+
+def translation_error(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Euclidean error ``(B,)`` (m) of translations ``pred`` against ``truth``, both ``(B, 3)``."""
+    pred, truth = torch.as_tensor(pred), torch.as_tensor(truth)
+    if pred.shape != truth.shape or pred.dim() != 2 or pred.shape[1] != 3:
+        raise ValueError(f"pred and truth must both be (B, 3), got {tuple(pred.shape)} and {tuple(truth.shape)}")
+    return torch.linalg.norm(pred.double() - truth.double(), dim=1)
+
+
+def se3_log_likelihood(dist, equivalents: Equivalents, translation: torch.Tensor) -> torch.Tensor:
+    """Mean over each image's equivalent rotations of ``dist.log_prob(R, t)`` ``(B,)`` for an
+    :class:`~pose_core.distributions.SE3Distribution` (``-inf`` where the truth is outside its box)."""
+    eq, mask = pad_equivalents(equivalents, dtype=torch.float64)
+    t = torch.as_tensor(translation, dtype=torch.float64)
+    if eq.shape[0] != dist.batch_size or t.shape != (dist.batch_size, 3):
+        raise ValueError(f"dist has batch {dist.batch_size}; equivalents {tuple(eq.shape)}, "
+                         f"translation {tuple(t.shape)}")
+    logp = dist.log_prob(eq, t[:, None].expand(-1, eq.shape[1], -1))  # (B, K)
+    return _masked_mean(logp.double(), mask)
+
+
+def inside_ellipsoid(truth, mean, covariance, probability: float = 0.95) -> np.ndarray:
+    """``(B,)`` bool: ``truth`` ``(B, 3)`` inside the ``probability`` ellipsoid of the Gaussian with
+    ``mean`` ``(B, 3)`` and ``covariance`` ``(B, 3, 3)`` (squared Mahalanobis distance at most the
+    chi-square(3) quantile). A singular covariance holds only its mean."""
+    from pose_core.markers import chi_square_3_quantile
+
+    d = np.asarray(truth, np.float64) - np.asarray(mean, np.float64)
+    C = np.asarray(covariance, np.float64)
+    if d.ndim != 2 or d.shape[1] != 3 or C.shape != (d.shape[0], 3, 3):
+        raise ValueError(f"truth, mean (B, 3) and covariance (B, 3, 3) expected, got {d.shape}, {C.shape}")
+    m2 = np.einsum("bi,bi->b", d, np.linalg.solve(C + 1e-18 * np.eye(3), d[..., None])[..., 0])
+    return m2 <= chi_square_3_quantile(probability)

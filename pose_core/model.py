@@ -50,9 +50,15 @@ __all__ = [
     "read_checkpoint",
     "InferenceSettings",
     "checkpoint_input_size",
+    "checkpoint_kind",
+    "MODEL_KINDS",
 ]
 
 CHECKPOINT_FORMAT = "pose_distribution.image_to_sphere"
+#: ``kind`` of a checkpoint (absent in older ones: Image2Sphere). The format name predates other kinds.
+KIND_IMAGE_TO_SPHERE = "image_to_sphere"
+KIND_SPYROPOSE = "spyropose"
+MODEL_KINDS = (KIND_IMAGE_TO_SPHERE, KIND_SPYROPOSE)
 
 
 @dataclass
@@ -103,6 +109,10 @@ class ImageToSphere(nn.Module):
         sphere_channels, hidden_channels, sphere_level, train_grid_level: see :class:`ModelConfig`.
     """
 
+    kind = KIND_IMAGE_TO_SPHERE
+    #: What :meth:`predict` returns a distribution over (the pipeline asks this, not the class).
+    pose_space = "so3"
+
     def __init__(self, encoder: str = "resnet18", pretrained: bool = False, lmax: int = 6, **kwargs: Any):
         super().__init__()
         self.config = ModelConfig(encoder=encoder, pretrained=pretrained, lmax=lmax, **kwargs)
@@ -136,6 +146,10 @@ class ImageToSphere(nn.Module):
             raise ValueError(f"images must be a float tensor (B, 3, H, W) RGB in [0, 1], got {shape}")
         if not images.is_floating_point():
             raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+
+    def describe(self) -> str:
+        """One line for logs: what this model is."""
+        return f"Image2Sphere, SO(3), {self.config.encoder}, lmax {self.lmax}"
 
     @property
     def backend(self) -> str:
@@ -248,14 +262,17 @@ def save_checkpoint(model: ImageToSphere, path: str | os.PathLike, meta: dict | 
     """Write ``model`` to ``path`` atomically (temp file + rename: never a half-written checkpoint)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.asdict(model.config)
-    config["pretrained"] = False  # the weights are in the state dict; don't need the weight package to load
+    if hasattr(model, "checkpoint_payload"):  # another kind of model (pose_core.models): it says what it needs
+        specific = model.checkpoint_payload()
+    else:
+        config = dataclasses.asdict(model.config)
+        config["pretrained"] = False  # the weights are in the state dict; don't need the weight package to load
+        specific = {"kind": KIND_IMAGE_TO_SPHERE, "config": config, "input": {"image_size": model.input_size},
+                    "inference": dataclasses.asdict(model.inference)}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": 1,
-        "config": config,
-        "input": {"image_size": model.input_size},
-        "inference": dataclasses.asdict(model.inference),
+        **specific,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
         **extra,
@@ -317,9 +334,31 @@ def checkpoint_input_size(payload: dict) -> int | None:
     return None
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ImageToSphere:
-    """Checkpoint at ``path`` → :class:`ImageToSphere` in eval mode on ``device`` (``"auto"`` picks CUDA if present)."""
+def checkpoint_kind(payload: dict) -> str:
+    """The model kind a checkpoint ``payload`` holds (:data:`MODEL_KINDS`; older checkpoints: Image2Sphere)."""
+    kind = payload.get("kind", KIND_IMAGE_TO_SPHERE)
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"checkpoint holds a model of unknown kind {kind!r}; this version reads {MODEL_KINDS}")
+    return kind
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+    """Checkpoint at ``path`` → its model in eval mode on ``device`` (``"auto"`` picks CUDA if present):
+    an :class:`ImageToSphere` (``model.pose_space == "so3"``) or a
+    :class:`pose_core.models.SpyroPose` (``"se3"``), as the checkpoint's ``kind`` says."""
     payload = read_checkpoint(path)
+    try:
+        kind = checkpoint_kind(payload)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path}: {exc}") from exc
+    if kind == KIND_SPYROPOSE:
+        from pose_core.models.spyropose import SpyroPose
+
+        try:
+            se3_model = SpyroPose.from_checkpoint_payload(payload)
+        except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+            raise ValueError(f"checkpoint {path} does not match the SpyroPose model: {exc}") from exc
+        return se3_model.to(resolve_device(device)).eval()
     try:
         model = ImageToSphere(**payload["config"])
         model.load_state_dict(payload["state_dict"], strict=True)

@@ -59,3 +59,7 @@ __all__ = [
     "Pascal3DReal",
     "Pascal3DSynth",
 ]
+
+from pose_core.data.bop import BopCamera, BopDataset, BopInstance, ObjectInfo, load_bop_model, read_models_info  # noqa: E402
+
+__all__ += ["BopCamera", "BopDataset", "BopInstance", "ObjectInfo", "load_bop_model", "read_models_info"]
