@@ -39,6 +39,10 @@ __all__ = [
     "median_depth",
     "translation_from_depth",
     "translation_from_nominal",
+    "translation_from_box",
+    "object_crop",
+    "crop_intrinsics",
+    "apparent_size",
 ]
 
 #: Integer pixel box ``(u0, v0, u1, v1)``, ``u1`` and ``v1`` exclusive (module docstring).
@@ -268,3 +272,76 @@ def translation_from_nominal(
     if along < 0 or lateral < 0:
         raise ValueError(f"standard deviations must be >= 0, got along {along}, lateral {lateral}")
     return TranslationEstimate(distance * ray, _ray_frame_covariance(ray, lateral, along), "nominal")
+
+
+# ----------------------------------------------------------------------------- object-centred crops (SE(3) models)
+
+
+def apparent_size(vertices: np.ndarray, n_rotations: int = 256, seed: int = 0) -> float:
+    """The object's typical size across the view (m): the median, over ``n_rotations`` seeded random
+    rotations, of the longer side of the orthographic bounding box of the rotated ``vertices`` ``(N, 3)``
+    (m, object frame). A tight detection box of the object at depth ``z`` is then about
+    ``f * apparent_size / z`` pixels long (:func:`translation_from_box`)."""
+    import torch
+
+    from pose_core import so3
+
+    V = np.asarray(vertices, dtype=np.float64)
+    if V.ndim != 2 or V.shape[1] != 3 or len(V) < 2 or not np.isfinite(V).all():
+        raise ValueError(f"vertices must be finite (N >= 2, 3), got shape {V.shape}")
+    R = so3.random_rotations(n_rotations, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    P = np.einsum("kij,nj->kni", R[:, :2], V)  # (k, N, 2): the x, y of the rotated points
+    extent = (P.max(1) - P.min(1)).max(-1)  # (k,)
+    return float(np.median(extent))
+
+
+def translation_from_box(
+    K: np.ndarray, box_center: tuple[float, float], box_size: tuple[float, float], apparent_size_m: float
+) -> np.ndarray:
+    """Initial translation ``(3,)`` (m) of an object from its detection box: depth
+    ``z = f * apparent_size_m / max(w, h)`` (``f`` the mean focal length; see :func:`apparent_size`),
+    the box centre back-projected at that depth."""
+    K = intrinsics_matrix(K)
+    u, v = (float(x) for x in box_center)
+    w, h = (float(x) for x in box_size)
+    if not all(math.isfinite(x) for x in (u, v, w, h)) or w <= 0 or h <= 0:
+        raise ValueError(f"box must be finite with a positive size, got center {box_center!r}, size {box_size!r}")
+    if not (apparent_size_m > 0 and math.isfinite(apparent_size_m)):
+        raise ValueError(f"apparent_size_m must be a finite number > 0, got {apparent_size_m!r}")
+    z = 0.5 * (K[0, 0] + K[1, 1]) * apparent_size_m / max(w, h)
+    return backproject(K, u, v, z)
+
+
+def crop_intrinsics(K: np.ndarray, region: Region | tuple[int, int, int, int], size: int) -> np.ndarray:
+    """Intrinsics ``(3, 3)`` of the ``size x size`` model input that :func:`pose_core.preprocess.crop_input`
+    makes of the square ``region``: a point's pixel ``u`` in the image is ``(u - u0 + 0.5) * size / side - 0.5``
+    in the crop (pixel centres at integers, as the resize keeps them)."""
+    K = intrinsics_matrix(K)
+    u0, v0, u1, v1 = (int(x) for x in region)
+    if u1 - u0 != v1 - v0 or u1 <= u0 or size < 1:
+        raise ValueError(f"region must be a non-empty square and size >= 1, got {region!r}, {size!r}")
+    s = size / (u1 - u0)
+    A = np.array([[s, 0.0, (0.5 - u0) * s - 0.5], [0.0, s, (0.5 - v0) * s - 0.5], [0.0, 0.0, 1.0]])
+    return A @ K
+
+
+def object_crop(
+    K: np.ndarray, t_hat: np.ndarray, radius_m: float, size_px: int, padding: float = 1.1
+) -> tuple[Region, np.ndarray]:
+    """The square crop an SE(3) model sees of an object guessed at ``t_hat`` ``(3,)`` (m, z > 0): centred on
+    its projection, side ``2 * padding * radius_m * f / z`` pixels (the bounding sphere's projected diameter
+    times ``padding``; ``f`` the mean focal length), and the intrinsics ``(3, 3)`` of its ``size_px`` input
+    (:func:`crop_intrinsics`). The region (exclusive ends) may extend past the image."""
+    K = intrinsics_matrix(K)
+    t = np.asarray(t_hat, dtype=np.float64)
+    if t.shape != (3,) or not np.isfinite(t).all() or t[2] <= 0:
+        raise ValueError(f"t_hat must be 3 finite numbers with z > 0, got {t_hat!r}")
+    if not (radius_m > 0 and padding > 0 and math.isfinite(radius_m * padding)):
+        raise ValueError(f"radius_m and padding must be finite and > 0, got {radius_m!r}, {padding!r}")
+    uvw = K @ t
+    u, v = uvw[0] / uvw[2], uvw[1] / uvw[2]
+    side = max(1, int(round(2.0 * padding * radius_m * 0.5 * (K[0, 0] + K[1, 1]) / t[2])))
+    u0 = int(math.floor(u - (side - 1) / 2 + 0.5))
+    v0 = int(math.floor(v - (side - 1) / 2 + 0.5))
+    region = (u0, v0, u0 + side, v0 + side)
+    return region, crop_intrinsics(K, region, size_px)

@@ -176,6 +176,13 @@ class ObjectEstimate:
             whole image); ``""`` when not tracked (no ``stamp_s``, or ``temporal_filter`` off).
         filtered: a prior from the track's previous frames was applied this frame (the
             distribution is the filtered posterior; ``False`` on a track's first frame).
+        sample_positions: ``(N, 3)`` m, the translation of each sample, for a model of SE(3) (the
+            samples are then joint poses); ``None`` for a rotation model.
+
+    With an SE(3) model (``model.pose_space == "se3"``, e.g. :class:`pose_core.models.SpyroPose`)
+    ``translation`` is the learned joint mode's (``translation_source`` ``"model"``), ``covariance``
+    the distribution's full 6x6 second moment about the mode with its real cross terms, and
+    ``entropy``, ``max_log_density``, ``modes`` those of its rotation marginal.
     """
 
     index: int
@@ -195,6 +202,7 @@ class ObjectEstimate:
     mode_log_density: np.ndarray
     track_id: str = ""
     filtered: bool = False
+    sample_positions: np.ndarray | None = None
 
     @property
     def rotation(self) -> np.ndarray:
@@ -278,7 +286,10 @@ class PoseEstimator:
 
     @property
     def target_level(self) -> int:
-        """The coarse-to-fine target level used: the settings', never below the model's base level."""
+        """The coarse-to-fine target level used: the settings', never below the model's base level
+        (an SE(3) model: its pyramid's finest level)."""
+        if getattr(self.model, "pose_space", "so3") == "se3":
+            return self.model.config.levels - 1
         return max(self._settings.target_level, self.model.inference.base_level)
 
     # ------------------------------------------------------------------ one frame
@@ -321,6 +332,9 @@ class PoseEstimator:
             reset = self._tracker.begin_frame(stamp_s)
             if reset is not None:
                 frame.notes.append(("stamp", f"{reset}: tracks reset"))
+
+        if getattr(self.model, "pose_space", "so3") == "se3":
+            return self._estimate_se3(rgb, Km, depth, boxes, frame, t0)
 
         # 1-2. objects and their crops
         objects: list[tuple[int, Box | None, Region]] = []
@@ -423,6 +437,111 @@ class PoseEstimator:
             box_list = [Box(((width - 1) / 2, (height - 1) / 2), (width / 2, height / 2))] * boxes
         self.estimate(rgb, K, boxes=box_list)
         return 1000 * (time.perf_counter() - t)
+
+    # ------------------------------------------------------------------ SE(3) models
+    def _estimate_se3(self, rgb: np.ndarray, K: np.ndarray | None, depth: np.ndarray | None, boxes: list[Box] | None,
+                      frame: FrameEstimate, t0: float) -> FrameEstimate:
+        """:meth:`estimate` for a model of SE(3) (``model.pose_space == "se3"``): each object's crop is
+        centred on an initial translation (from its box and the object's apparent size, from the
+        median depth in the box when there is depth, or ``nominal_distance_m`` along the optical axis
+        for the whole image), and the model's joint distribution gives rotation and translation.
+        Not tracked: the temporal filter applies to rotation models only."""
+        s = self._settings
+        height, width = rgb.shape[:2]
+        if K is None:
+            f = float(max(width, height))
+            K = np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
+            frame.notes.append(("intrinsics", f"no intrinsics K: an SE(3) model needs them; assuming f = {f:g} px "
+                                               "at the image centre (translations are not metric)"))
+        obj = self.model.object
+        cfg = self.model.config
+        objects: list[tuple[int, Box | None, Region, np.ndarray, np.ndarray]] = []
+        inputs: list[torch.Tensor] = []
+        if boxes is None:
+            work = [(0, None)]
+        else:
+            order = sorted(range(len(boxes)), key=lambda i: -_score(boxes[i]))
+            frame.dropped = max(0, len(order) - s.max_detections)
+            work = [(i, boxes[i]) for i in order[: s.max_detections]]
+        for i, box in work:
+            try:
+                t_hat = self._se3_guess(K, depth, box, width, height, frame)
+                region, K_crop = pinhole.object_crop(K, t_hat, obj.radius_m, self.input_size, cfg.crop_padding)
+                side = region[2] - region[0]
+                if side > s.max_crop_factor * max(width, height):
+                    raise ValueError(f"crop side {side} px is more than max_crop_factor {s.max_crop_factor:g} x the "
+                                     f"{width}x{height} image")
+                inputs.append(preprocess.crop_input(rgb, region, self.input_size))
+            except (ValueError, TypeError) as exc:
+                if box is None:
+                    raise
+                frame.rejected.append(Rejection(i, box, str(exc)))
+                continue
+            objects.append((i, box, tuple(int(v) for v in region), t_hat, K_crop))
+        t1 = time.perf_counter()
+        frame.timings_ms["crops"] = 1000 * (t1 - t0)
+        if not objects:
+            frame.timings_ms["total"] = frame.timings_ms["crops"]
+            return frame
+
+        K_crops, t_hats = np.stack([o[4] for o in objects]), np.stack([o[3] for o in objects])
+        dist = self.model.predict(torch.cat(inputs), K_crops, t_hats)
+        if dist.log_mass.device.type == "cuda":
+            torch.cuda.synchronize(dist.log_mass.device)
+        dist = dist.to("cpu")
+        t2 = time.perf_counter()
+        frame.timings_ms["model"] = 1000 * (t2 - t1)
+
+        R_mode, t_mode = dist.mode()
+        cov6 = dist.covariance().to(torch.float64).numpy()
+        R_s, t_s = dist.sample(s.num_samples, generator=self._generator)
+        rotation = summarize(dist.rotation_marginal(), None, num_samples=1, num_modes=s.num_modes,
+                             mode_radius=math.radians(s.mode_radius_deg), generator=self._generator)
+        q_mode = so3.matrix_to_quat(R_mode.to(torch.float64)).numpy()
+        q_samples = so3.matrix_to_quat(R_s.to(torch.float64)).numpy()
+        t_samples = t_s.to(torch.float64).numpy()
+        t_mode = t_mode.to(torch.float64).numpy()
+        t3 = time.perf_counter()
+        frame.timings_ms["summary"] = 1000 * (t3 - t2)
+        for j, (index, box, region, _, _) in enumerate(objects):
+            m = int(rotation.mode_count[j])
+            frame.objects.append(
+                ObjectEstimate(
+                    index=index, box=box, region=region, orientation=q_mode[j], translation=t_mode[j],
+                    translation_source="model", covariance=cov6[j], samples=q_samples[j],
+                    sample_weights=np.full(s.num_samples, 1.0 / s.num_samples), entropy=float(rotation.entropy[j]),
+                    max_log_density=float(rotation.max_log_density[j]), mode_resolution=float(dist.mode_resolution()),
+                    modes=rotation.modes[j, :m], mode_mass=rotation.mode_mass[j, :m],
+                    mode_log_density=rotation.mode_log_density[j, :m], sample_positions=t_samples[j],
+                )
+            )
+        frame.timings_ms["translation"] = 0.0
+        frame.timings_ms["total"] = 1000 * (time.perf_counter() - t0)
+        return frame
+
+    def _se3_guess(self, K: np.ndarray, depth: np.ndarray | None, box: Box | None, width: int, height: int,
+                   frame: FrameEstimate) -> np.ndarray:
+        """Initial translation ``(3,)`` (m) an SE(3) model's crop is centred on (see :meth:`_estimate_se3`)."""
+        obj = self.model.object
+        if box is None:
+            center = ((width - 1) / 2, (height - 1) / 2)
+            return pinhole.translation_from_nominal(self._settings.nominal_distance_m, K, center).translation
+        cu, cv = (float(x) for x in box.center)
+        w, h = (float(x) for x in box.size)
+        if not all(math.isfinite(x) for x in (cu, cv, w, h)) or w <= 0 or h <= 0:
+            raise ValueError(f"detection box must be finite with a positive size, got center {box.center!r}, "
+                             f"size {box.size!r}")
+        t_hat = pinhole.translation_from_box(K, (cu, cv), (w, h), obj.apparent_size_m)
+        if depth is not None:
+            region = (cu - w / 2, cv - h / 2, cu + w / 2, cv + h / 2)
+            try:
+                z = pinhole.median_depth(depth, region)
+            except ValueError:
+                z = None
+            if z is not None:  # the visible surface is in front of the centre by about half the object
+                return t_hat * ((z + 0.5 * obj.radius_m) / t_hat[2])
+            frame.notes.append(("depth", f"no valid depth in box {box.center}, {box.size}; using its size"))
+        return t_hat
 
     # ------------------------------------------------------------------ steps
     def _prior(self, tracks: list[Track | None], stamp_s: float, corrections: torch.Tensor | None

@@ -20,7 +20,9 @@ from typing import Any
 import yaml
 
 from pose_core.data.randomize import Randomization
-from pose_core.model import ModelConfig
+from pose_core.data.scenes import SceneConfig
+from pose_core.model import MODEL_KINDS, ModelConfig
+from pose_core.models.spyropose import SpyroPoseConfig
 
 __all__ = [
     "MeshSpec",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 #: Dataset kinds understood by :func:`train.datasets.build_dataset`.
-DATASETS = ("symsol", "symsol_dir", "mesh", "shards", "modelnet10", "pascal3d")
+DATASETS = ("symsol", "symsol_dir", "mesh", "shards", "modelnet10", "pascal3d", "scenes")
 
 
 @dataclass
@@ -74,6 +76,10 @@ class DataConfig:
     * ``shards``: items pre-rendered under ``root`` by ``train/render_shards.py`` from a ``symsol`` or
       ``mesh`` config (recorded in the shards; its held-out twin is rendered on the fly).
     * ``modelnet10``, ``pascal3d``: the public datasets under ``root`` (``split``).
+    * ``scenes``: SE(3) training data (:class:`pose_core.data.scenes.SE3RenderDataset`): the one
+      object of ``shapes`` / ``meshes`` anywhere in a real camera's view at a varying distance, with
+      simulated detection boxes and the object-centred crops (``scene``: camera, distances, box
+      error; ``None``: the defaults); for ``kind: spyropose``.
 
     ``randomize`` (rendered data only): domain randomisation, a
     :class:`pose_core.data.randomize.Randomization` mapping (``randomize: {}`` takes the defaults,
@@ -92,6 +98,7 @@ class DataConfig:
     pascal_warp: bool = False
     pascal_synth: bool = False
     randomize: Randomization | None = None
+    scene: SceneConfig | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -100,8 +107,11 @@ class DataConfig:
             raise ValueError(f"data.name={self.name!r} needs data.root (the dataset folder), got {self.root!r}")
         if self.name == "mesh" and not self.meshes:
             raise ValueError("data.name='mesh' needs at least one entry in data.meshes")
-        if self.randomize is not None and self.name not in ("symsol", "mesh"):
-            raise ValueError(f"data.randomize applies to rendered data (symsol, mesh), not {self.name!r}")
+        if self.randomize is not None and self.name not in ("symsol", "mesh", "scenes"):
+            raise ValueError(f"data.randomize applies to rendered data (symsol, mesh, scenes), not {self.name!r}")
+        if self.name == "scenes" and len(self.shapes) + len(self.meshes) != 1:
+            raise ValueError("data.name='scenes' renders one object: give exactly one entry in data.shapes or "
+                             f"data.meshes, got shapes {self.shapes} and {len(self.meshes)} meshes")
         if self.randomize is not None and self.occluders:
             raise ValueError("data.occluders (flat quads) and data.randomize do not combine: "
                              "set data.randomize.occlusion_p instead")
@@ -157,21 +167,29 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    """One training run. ``epochs`` or ``max_steps`` (the smaller bound wins when both are set);
+    """One training run. ``kind``: the model trained (:data:`pose_core.model.MODEL_KINDS`): ``image_to_sphere``
+    (section ``model``) or ``spyropose`` (section ``spyropose``, with ``data.name: scenes``).
+    ``epochs`` or ``max_steps`` (the smaller bound wins when both are set);
     ``max_seconds`` also stops it (wall time of this run, with a final evaluation and checkpoint).
     ``init_from``: a checkpoint whose weights the run starts from (fine-tuning: fresh optimizer,
-    schedule and step 0; its model config must equal ``model``); ignored when resuming."""
+    schedule and step 0; its model config must equal ``model``); ignored when resuming.
+    ``init_encoder_from``: a checkpoint of any kind whose image encoder (``encoder.*`` weights, same
+    architecture) this run's encoder starts from, e.g. the shipped Image2Sphere's for a SpyroPose
+    model of an object it knows; ignored when resuming."""
 
     name: str = "run"
+    kind: str = "image_to_sphere"
     data: DataConfig = field(default_factory=DataConfig)
     eval_data: DataConfig | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
+    spyropose: SpyroPoseConfig = field(default_factory=SpyroPoseConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     epochs: int | None = 40
     max_steps: int | None = None
     max_seconds: float | None = None
     init_from: str | None = None
+    init_encoder_from: str | None = None
     batch_size: int = 64
     amp: str = "none"
     device: str = "auto"
@@ -185,6 +203,11 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if (self.kind == "spyropose") != (self.data.name == "scenes"):
+            raise ValueError(f"kind {self.kind!r} with data.name {self.data.name!r}: a spyropose model trains on "
+                             "data.name 'scenes' (SE(3) labels), and 'scenes' data trains only a spyropose model")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.epochs is None and self.max_steps is None:

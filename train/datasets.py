@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from train.config import DataConfig, MeshSpec
 
 __all__ = ["build_dataset", "collate", "dataset_shapes", "heldout_config", "rendered_dataset", "rendered_source",
-           "resolve_mesh_path", "shard_source", "HELDOUT_SEED_OFFSET"]
+           "resolve_mesh_path", "scenes_dataset", "shard_source", "HELDOUT_SEED_OFFSET"]
 
 #: Seed offset of the held-out set of rendered data (other rotations, other occluders).
 HELDOUT_SEED_OFFSET = 1_000_003
@@ -76,12 +76,25 @@ def rendered_dataset(data: DataConfig):
                          occluders=data.occluders, randomization=data.randomize)
 
 
+def scenes_dataset(data: DataConfig):
+    """The :class:`pose_core.data.scenes.SE3RenderDataset` of ``data`` (``name: scenes``), its
+    ``randomize`` applied to the scene's images."""
+    from pose_core.data.scenes import SceneConfig, SE3RenderDataset
+
+    if data.size is None:
+        raise ValueError("data.size must be set for rendered data, got None")
+    scene = data.scene if data.scene is not None else SceneConfig()
+    if data.randomize is not None:
+        scene = dataclasses.replace(scene, randomization=data.randomize)
+    return SE3RenderDataset(dataset_shapes(data), size=data.size, seed=data.seed, config=scene)
+
+
 def heldout_config(data: DataConfig, size: int) -> DataConfig:
     """The held-out twin of ``data``: rendered data with another seed and ``size`` items per shape
     (for shards: of the config they were rendered from); on-disk data with split ``test``."""
     if data.name == "shards":
         data = shard_source(data)
-    if data.name in ("symsol", "mesh"):
+    if data.name in ("symsol", "mesh", "scenes"):
         return dataclasses.replace(data, seed=data.seed + HELDOUT_SEED_OFFSET, size=size)
     return dataclasses.replace(data, split="test", size=None, pascal_warp=False, pascal_synth=False)
 
@@ -104,6 +117,8 @@ def build_dataset(data: DataConfig) -> Dataset:
         from pose_core.data.shards import ShardDataset
 
         return ShardDataset(data.root, dataset_shapes(shard_source(data)))  # type: ignore[arg-type]
+    if data.name == "scenes":
+        return scenes_dataset(data)
     if data.name == "modelnet10":
         return pdata.ModelNet10SO3(data.root, split=data.split)  # type: ignore[arg-type]
     if data.name == "pascal3d":
@@ -114,8 +129,14 @@ def build_dataset(data: DataConfig) -> Dataset:
 
 def collate(batch):
     """Batch items of any dataset here: ``image`` ``(B, 3, H, W)``, ``rotation`` ``(B, 3, 3)`` stacked;
-    ``equivalents`` a list of ``(K_b, 3, 3)``; ``shape`` a list of str (category names for the public sets)."""
+    ``equivalents`` a list of ``(K_b, 3, 3)``; ``shape`` a list of str (category names for the public sets).
+    SE(3) items (with ``t_hat``) are batched by :func:`pose_core.data.scenes.se3_collate`."""
     import torch
+
+    if batch and "t_hat" in batch[0]:
+        from pose_core.data.scenes import se3_collate
+
+        return se3_collate(batch)
 
     return {
         "image": torch.stack([b["image"] for b in batch]),

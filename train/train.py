@@ -1,4 +1,4 @@
-"""Train an ImageToSphere model.
+"""Train a pose model: ImageToSphere (SO(3)) or SpyroPose (SE(3), ``kind: spyropose``).
 
 Usage (from the repository root)::
 
@@ -47,10 +47,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from pose_core import grids
 from pose_core.model import ImageToSphere, read_checkpoint, save_checkpoint
+from pose_core.models.spyropose import SpyroPose
 from train.config import TrainConfig, config_from_dict, config_to_dict, load_config
 from train.datasets import HELDOUT_SEED_OFFSET, build_dataset, collate, heldout_config, rendered_source
 
-__all__ = ["run", "main", "make_scheduler_lambda", "ResumableSampler", "checkpoint_path", "hardware_info"]
+__all__ = ["run", "main", "build_spyropose", "make_scheduler_lambda", "ResumableSampler", "checkpoint_path",
+           "hardware_info"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -212,8 +214,16 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
         total = min(total, cfg.epochs * steps_per_epoch)
 
     # ------------------------------------------------------------------ model, optimizer
-    model = ImageToSphere(**dataclasses.asdict(cfg.model)).to(device)
-    model.input_size = rendered_source(cfg.data).image_size  # in the checkpoint: predict and the node resize to it
+    se3 = cfg.kind == "spyropose"
+    if se3:
+        model: Any = build_spyropose(cfg, train_set).to(device)
+    else:
+        model = ImageToSphere(**dataclasses.asdict(cfg.model)).to(device)
+        model.input_size = rendered_source(cfg.data).image_size  # in the checkpoint: predict and the node resize to it
+    if cfg.init_encoder_from is not None and resume is None:
+        _init_encoder(model, cfg.init_encoder_from)
+        if is_main:
+            print(f"encoder starting from the weights of {cfg.init_encoder_from}", flush=True)
     if cfg.init_from is not None and resume is None:
         _init_weights(model, cfg)
         if is_main:
@@ -279,7 +289,9 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
             "loss": last_loss, "resumed_from": None if resume is None else str(resume),
         }
         if eval_result is not None:
-            meta["eval"] = {"grid_level": eval_result["grid_level"], "overall": eval_result["overall"]}
+            meta["eval"] = {"overall": eval_result["overall"]}
+            if "grid_level" in eval_result:
+                meta["eval"]["grid_level"] = eval_result["grid_level"]
         extra: dict[str, Any] = {
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
             "train_config": config_to_dict(cfg), "rng": _rng_state(),
@@ -291,8 +303,20 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
     def run_eval() -> dict | None:
         if eval_set is None:
             return None
-        from train.evaluate import evaluate
+        from train.evaluate import evaluate, evaluate_se3
 
+        if se3:
+            res = evaluate_se3(model, eval_set, batch_size=cfg.eval.batch_size)
+            model.train()
+            o = res["overall"]
+            print(f"eval step {step}: Acc@15 {o['acc@15']:.3f}  median {o['median_deg']:.1f} deg  translation median "
+                  f"{o['t_median_mm']:.1f} mm ({100 * o['t_median_frac_distance']:.2f} % of the distance)  "
+                  f"LL {o['ll_se3']:.2f} (outside the box {o['outside_box']:.2f})  in 95 % {o['inside_95']:.2f}",
+                  flush=True)
+            if writer is not None:
+                for k in ("acc@15", "median_deg", "t_median_mm", "ll_se3", "inside_95"):
+                    writer.add_scalar(f"eval/{k}", o[k], step)
+            return res
         plots = Path(cfg.runs_dir) / cfg.name / f"plots_{step:07d}" if cfg.eval.plots > 0 else None
         res = evaluate(model, eval_set, grid_level=cfg.eval.grid_level, batch_size=cfg.eval.batch_size,
                        plots_dir=plots, num_plots=cfg.eval.plots)
@@ -328,7 +352,13 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
                 break
             images = batch["image"].to(device, non_blocking=True)
             rotations = batch["rotation"].to(device, non_blocking=True)
-            loss = _loss(ddp_model, model, images, rotations, amp_dtype if use_amp else None)
+            stats: dict[str, torch.Tensor] = {}
+            if se3:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss, stats = ddp_model(images, batch["K"].to(device), batch["t_hat"].to(device), rotations,
+                                            batch["translation"].to(device))
+            else:
+                loss = _loss(ddp_model, model, images, rotations, amp_dtype if use_amp else None)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.grad_clip is not None:
@@ -347,6 +377,8 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
                 dt = time.perf_counter() - t_log
                 lr, rate = sched.get_last_lr()[0], n_log / max(dt, 1e-9)
                 if writer is not None:
+                    for k, v in stats.items():
+                        writer.add_scalar(f"train/{k}", float(v), step)
                     writer.add_scalar("train/loss", last_loss, step)
                     writer.add_scalar("train/lr", lr, step)
                     writer.add_scalar("train/images_per_s", rate, step)
@@ -379,10 +411,41 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
             "seconds": time.time() - wall_start}
 
 
-def _init_weights(model: ImageToSphere, cfg: TrainConfig) -> None:
+def build_spyropose(cfg: TrainConfig, train_set: Any) -> SpyroPose:
+    """A fresh :class:`SpyroPose` for the one object of ``train_set`` (a ``SE3RenderDataset``): its
+    keypoints, radius, apparent size and symmetries from the scaled mesh; ValueError when the data's
+    crops are not the model's (size, padding)."""
+    from pose_core.models.spyropose import ObjectModel, mesh_keypoints
+
+    m, scene = cfg.spyropose, train_set.config
+    if (scene.crop_size, scene.padding) != (m.input_size, m.crop_padding):
+        raise ValueError(f"data.scene crop_size {scene.crop_size} / padding {scene.padding} differ from "
+                         f"spyropose.input_size {m.input_size} / crop_padding {m.crop_padding}: set them equal")
+    if len(train_set.shape_names) != 1:
+        raise ValueError(f"a spyropose model is for one object, the data has {train_set.shape_names}")
+    shape = train_set.shape(0)
+    triangles = np.asarray(train_set.mesh(0).positions, dtype=np.float64)
+    obj = ObjectModel(name=shape.name, radius_m=scene.diameter_m / 2, apparent_size_m=train_set.apparent_size(0),
+                      symmetries=np.asarray(shape.symmetries).tolist())
+    return SpyroPose(m, obj, mesh_keypoints(triangles, m.num_keypoints))
+
+
+def _init_encoder(model: Any, path: str) -> None:
+    """Load the ``encoder.*`` weights of checkpoint ``path`` into ``model.encoder``; ValueError if they do not fit."""
+    state = read_checkpoint(path)["state_dict"]
+    enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    if not enc:
+        raise ValueError(f"init_encoder_from {path}: the checkpoint has no encoder weights")
+    try:
+        model.encoder.load_state_dict(enc, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"init_encoder_from {path}: its encoder does not fit this model's: {exc}") from exc
+
+
+def _init_weights(model: Any, cfg: TrainConfig) -> None:
     """Load the weights of ``cfg.init_from`` into ``model``; ValueError if its model config differs."""
     ckpt = read_checkpoint(cfg.init_from)  # type: ignore[arg-type]
-    want = dataclasses.asdict(cfg.model)
+    want = dataclasses.asdict(cfg.spyropose if cfg.kind == "spyropose" else cfg.model)
     have = dict(ckpt["config"])
     differ = {k: (have.get(k), v) for k, v in want.items() if k != "pretrained" and have.get(k) != v}
     if differ:
@@ -401,7 +464,7 @@ def _check_training_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="train/train.py", description="Train an ImageToSphere model.")
+    p = argparse.ArgumentParser(prog="train/train.py", description="Train a pose model (ImageToSphere or SpyroPose).")
     p.add_argument("--config", default=None, help="YAML file (config/train/<name>.yaml)")
     p.add_argument("--resume", default=None, help="checkpoint of an earlier run to continue")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4 max_steps=100")

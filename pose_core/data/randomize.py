@@ -423,27 +423,43 @@ def compose(
     rotation: np.ndarray,
     cfg: Randomization,
     entropy: Sequence[int],
+    *,
+    intrinsics: np.ndarray | None = None,
+    translation: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One randomised image ``(H, W, 3)`` uint8 of ``mesh`` at pose ``rotation`` ``(3, 3)`` and what was
     drawn (``info``: ``distance`` of the object, ``occlusion`` asked and ``occluded`` achieved fraction,
-    ``shift``, ``scale``). ``entropy``: the item's seed-sequence entropy (see :func:`knob_rng`)."""
+    ``shift``, ``scale``). ``entropy``: the item's seed-sequence entropy (see :func:`knob_rng`).
+
+    ``intrinsics`` and ``translation`` ``(3,)`` (given together): the camera and the object's place are
+    the caller's (an SE(3) scene, :mod:`pose_core.data.scenes`); the crop knobs (``shift``, ``scale``,
+    ``distance``) are then not drawn."""
     cam = renderer.camera
     H, W = cam.height, cam.width
     r = {k: knob_rng(entropy, k) for k in KNOBS}
 
+    if (intrinsics is None) != (translation is None):
+        raise ValueError("give intrinsics and translation together, or neither")
     crop = r["crop"]
-    scale = float(crop.uniform(*cfg.scale))
-    shift = float(crop.uniform(*cfg.shift))
-    distance = cam.distance if cfg.distance is None else float(crop.uniform(*cfg.distance))
     K = None
-    if scale != 1.0 or shift != 0.0 or distance != cam.distance:
-        K = _intrinsics(renderer, crop, scale, shift, distance)
+    place: dict[str, Any] = {}
+    if translation is not None:
+        scale, shift = 1.0, 0.0
+        distance = float(np.linalg.norm(translation))
+        K, place = np.asarray(intrinsics, dtype=np.float64), {"translation": translation}
+    else:
+        scale = float(crop.uniform(*cfg.scale))
+        shift = float(crop.uniform(*cfg.shift))
+        distance = cam.distance if cfg.distance is None else float(crop.uniform(*cfg.distance))
+        if scale != 1.0 or shift != 0.0 or distance != cam.distance:
+            K = _intrinsics(renderer, crop, scale, shift, distance)
+        place = {"distance": distance}
     lighting = _lighting(cfg, r["lighting"])
     tint = (1.0, 1.0, 1.0)
     if r["tint"].random() < cfg.tint_p:
         tint = tuple(float(t) for t in 1.0 + r["tint"].uniform(-cfg.tint, cfg.tint, size=3))  # type: ignore[assignment]
 
-    obj = renderer.render_layer(mesh, rotation, lighting=lighting, intrinsics=K, distance=distance, tint=tint)
+    obj = renderer.render_layer(mesh, rotation, lighting=lighting, intrinsics=K, tint=tint, **place)
     image = _background(cfg, r["background"], H, W).astype(np.float32) / 255.0
     image = _distractors(cfg, r["distractors"], renderer, image)
     image = _over(obj, image)

@@ -365,6 +365,24 @@ def random_occluders(
     return out
 
 
+def _translation(cam: Camera, distance: float | None, translation: Any) -> tuple[float, float, float]:
+    """The object origin ``(x, y, z)`` of a render: ``translation``, else ``(0, 0, distance)`` (default the
+    camera's); ValueError for both, a non-finite one, or a depth outside ``(near, far)``."""
+    if translation is not None and distance is not None:
+        raise ValueError("give distance or translation, not both")
+    if translation is None:
+        t = np.array([0.0, 0.0, cam.distance if distance is None else float(distance)])
+        what = "distance"
+    else:
+        t = np.asarray(translation, dtype=np.float64)
+        what = "translation z"
+        if t.shape != (3,) or not np.isfinite(t).all():
+            raise ValueError(f"translation must be 3 finite numbers, got {translation!r}")
+    if not cam.near < t[2] < cam.far:
+        raise ValueError(f"{what} must lie between the camera's near {cam.near} and far {cam.far}, got {t[2]}")
+    return float(t[0]), float(t[1]), float(t[2])
+
+
 def _as_rotation_array(rotation: Any) -> np.ndarray:
     """``(3, 3)`` float64 numpy array of a numpy or torch rotation."""
     R = np.asarray(rotation.detach().cpu().numpy() if hasattr(rotation, "detach") else rotation, np.float64)
@@ -497,6 +515,7 @@ class Renderer:
         intrinsics: np.ndarray | None = None,
         distance: float | None = None,
         tint: Sequence[float] = (1.0, 1.0, 1.0),
+        translation: Sequence[float] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Image ``(H, W, 3)`` uint8 of ``mesh`` at pose ``rotation`` ``(3, 3)`` (numpy or torch).
 
@@ -506,6 +525,8 @@ class Renderer:
         (default ``camera.K``; a shifted principal point or another focal length is what a
         detector's off-centre or mis-sized crop looks like). ``distance``: of the object origin on
         the optical axis (default ``camera.distance``). ``tint``: RGB gain of the mesh's colours.
+        ``translation``: ``(3,)`` the object origin anywhere in the optical frame instead of on the axis at
+        ``distance`` (its depth between the camera's ``near`` and ``far``; not with ``distance``).
         """
         R = _as_rotation_array(rotation)
         if len(occluders) > _MAX_OCCLUDERS:
@@ -522,7 +543,7 @@ class Renderer:
         self._ensure_context()
         with self._ctx:  # make this renderer's context current: another Renderer may have switched it
             rgba = self._draw(mesh, R, (0.0, 0.0, 0.0, 0.0) if bg_image else (*map(float, bg_arr), 1.0),
-                              occluders, lighting, intrinsics, distance, tint)
+                              occluders, lighting, intrinsics, _translation(self.camera, distance, translation), tint)
         if self.supersample == 1 and not bg_image:
             return rgba[:, :, :3].copy()
         img = self._downsample(rgba)
@@ -540,6 +561,7 @@ class Renderer:
         intrinsics: np.ndarray | None = None,
         distance: float | None = None,
         tint: Sequence[float] = (1.0, 1.0, 1.0),
+        translation: Sequence[float] | np.ndarray | None = None,
     ) -> np.ndarray:
         """``mesh`` alone as a layer ``(H, W, 4)`` float32 in [0, 1], colour premultiplied by alpha
         (the anti-aliased coverage): ``rgb + (1 - alpha) * under`` composites it over an image.
@@ -547,7 +569,8 @@ class Renderer:
         R = _as_rotation_array(rotation)
         self._ensure_context()
         with self._ctx:
-            rgba = self._draw(mesh, R, (0.0, 0.0, 0.0, 0.0), (), lighting, intrinsics, distance, tint)
+            rgba = self._draw(mesh, R, (0.0, 0.0, 0.0, 0.0), (), lighting, intrinsics,
+                              _translation(self.camera, distance, translation), tint)
         return self._downsample(rgba) / np.float32(255.0)
 
     def _downsample(self, rgba: np.ndarray) -> np.ndarray:
@@ -586,7 +609,7 @@ class Renderer:
 
     def _draw(self, mesh: Mesh, R: np.ndarray, clear: tuple[float, float, float, float],
               occluders: Sequence[Occluder], lighting: Lighting | None, intrinsics: np.ndarray | None,
-              distance: float | None, tint: Sequence[float]) -> np.ndarray:
+              translation: tuple[float, float, float], tint: Sequence[float]) -> np.ndarray:
         """The GL part of :meth:`render`, with this renderer's context current: the framebuffer
         ``(H s, W s, 4)`` uint8, cleared to ``clear``."""
         cam = self.camera
@@ -598,10 +621,7 @@ class Renderer:
         self._fbo.clear(*clear, depth=1.0)
 
         prog["rotation"].write(R.astype("f4").tobytes(order="F"))
-        z = cam.distance if distance is None else float(distance)
-        if not cam.near < z < cam.far:
-            raise ValueError(f"distance must lie between the camera's near {cam.near} and far {cam.far}, got {z}")
-        prog["translation"].value = (0.0, 0.0, z)
+        prog["translation"].value = translation
         prog["lit"].value = True
         if up.texture is not None:
             up.texture.use(0)

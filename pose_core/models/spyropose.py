@@ -52,7 +52,8 @@ from pose_core import translation_grid as tgrid
 from pose_core.distributions import SE3Distribution
 from pose_core.encoders import build_encoder
 
-__all__ = ["KIND", "SpyroPoseConfig", "ObjectModel", "SpyroPose", "farthest_points", "propose_children",
+__all__ = ["KIND", "SpyroPoseConfig", "ObjectModel", "SpyroPose", "farthest_points", "mesh_keypoints",
+           "propose_children",
            "project_keypoints"]
 
 #: ``kind`` of this model's checkpoints (:func:`pose_core.model.load_model`).
@@ -153,6 +154,26 @@ def farthest_points(points: np.ndarray, k: int) -> np.ndarray:
         chosen.append(i)
         d = np.minimum(d, np.linalg.norm(P - P[i], axis=1))
     return P[chosen]
+
+
+def mesh_keypoints(triangles: np.ndarray, k: int, samples: int = 4000, seed: int = 0) -> np.ndarray:
+    """``k`` keypoints ``(k, 3)`` float64 of a triangle soup ``(3T, 3)`` (a :class:`~pose_core.data.render.Mesh`'s
+    positions): :func:`farthest_points` over its vertices and ``samples`` seeded, area-weighted points of
+    its surface (a box has only 8 vertices; its keypoints then include edge and face points)."""
+    P = np.asarray(triangles, dtype=np.float64)
+    if P.ndim != 2 or P.shape[1] != 3 or len(P) % 3 or len(P) == 0:
+        raise ValueError(f"triangles must be a (3T, 3) triangle soup, got shape {P.shape}")
+    tri = P.reshape(-1, 3, 3)
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    if not area.sum() > 0:
+        raise ValueError("the mesh has no area")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(tri), size=samples, p=area / area.sum())
+    a, b = rng.random((2, samples, 1))
+    flip = (a + b) > 1
+    a, b = np.where(flip, 1 - a, a), np.where(flip, 1 - b, b)
+    surface = tri[pick, 0] + a * (tri[pick, 1] - tri[pick, 0]) + b * (tri[pick, 2] - tri[pick, 0])
+    return farthest_points(np.concatenate([P, surface]), k)
 
 
 def _mlp(d_in: int, hidden: int) -> nn.Sequential:
