@@ -703,7 +703,8 @@ class _Run:
         K = self._camera_matrix(image, log_time, stamp)
         depth = self._depth_for(image, K)
         boxes = None if detections is None else messages.detection_boxes(detections)
-        if boxes and K is None:
+        # (an SE(3) model: the estimator says what it assumes without K, in a note)
+        if boxes and K is None and getattr(self.estimator.model, "pose_space", "so3") != "se3":
             self._problem("detections without camera_info",
                           f"{label}: no camera_info matching the image: detection crops are not corrected for their "
                           "viewing ray and translations have no direction")  # fmt: skip

@@ -79,6 +79,8 @@ def pose_distribution_msg(estimate: ObjectEstimate, header: Any, object_frame_id
     msg.covariance = np.asarray(estimate.covariance, dtype=np.float64).reshape(36)
     msg.samples = quaternion_msgs(estimate.samples)
     msg.sample_weights = np.asarray(estimate.sample_weights, dtype=np.float32)
+    if estimate.sample_positions is not None:
+        msg.sample_positions = [_point(p) for p in estimate.sample_positions]
     msg.entropy = float(estimate.entropy)
     msg.mode_resolution = float(estimate.mode_resolution)
     msg.max_log_density = float(estimate.max_log_density)
@@ -107,15 +109,17 @@ def pose_with_covariance_msg(estimate: ObjectEstimate, header: Any) -> PoseWithC
 
 
 def pose_array_msg(estimate: ObjectEstimate, header: Any, samples: list[Quaternion] | None = None) -> PoseArray:
-    """``geometry_msgs/PoseArray`` of the rotation samples, each at the estimated translation (for RViz).
+    """``geometry_msgs/PoseArray`` of the samples (for RViz): each at its own sampled position when the
+    model samples translations (``estimate.sample_positions``), else at the estimated translation.
 
     ``samples``: the samples as messages when already built (e.g. for the PoseDistribution).
     """
     samples = quaternion_msgs(estimate.samples) if samples is None else samples
+    positions = estimate.sample_positions
     poses = []
-    for q in samples:
+    for i, q in enumerate(samples):
         pose = Pose()
-        pose.position = _point(estimate.translation)
+        pose.position = _point(estimate.translation if positions is None else positions[i])
         pose.orientation = q
         poses.append(pose)
     return PoseArray(header=header, poses=poses)
@@ -218,7 +222,8 @@ def marker_msgs(
 ) -> list[Marker]:
     """Markers of one object in namespace ``ns`` (ids :data:`MARKER_IDS`): the mode's axes
     (LINE_LIST, RViz colours), the first ``max_samples`` samples as short triads (half
-    ``axis_length``, opacity by weight), the translation's 95 % ellipsoid (SPHERE) where the
+    ``axis_length``, opacity by weight; at their ``sample_positions`` when the model samples
+    translations, else at the estimated translation), the translation's 95 % ellipsoid (SPHERE) where the
     covariance has a translation block, and ``label`` above the object (TEXT_VIEW_FACING).
     Markers that do not apply (no ellipsoid) are sent as DELETE so a stale one disappears."""
     width = max(axis_length / 20, 1e-4)
@@ -233,9 +238,14 @@ def marker_msgs(
 
     samples = _marker(header, ns, "samples", Marker.LINE_LIST)
     n = min(max_samples, len(estimate.samples))
-    points, colors = markers.sample_axes(
-        estimate.samples[:n], estimate.sample_weights[:n], estimate.translation, axis_length / 2
-    )
+    if estimate.sample_positions is None:  # rotation samples, all at the estimated translation
+        points, colors = markers.sample_axes(
+            estimate.samples[:n], estimate.sample_weights[:n], estimate.translation, axis_length / 2
+        )
+    else:  # joint samples (an SE(3) model): each triad at its own sampled position (6 points per sample)
+        points, colors = markers.sample_axes(estimate.samples[:n], estimate.sample_weights[:n], np.zeros(3),
+                                             axis_length / 2)
+        points = points + np.repeat(np.asarray(estimate.sample_positions[:n], dtype=np.float64), 6, axis=0)
     samples.points = [_point(p) for p in points]
     samples.colors = [_color(c) for c in colors]
     samples.scale.x = width / 2

@@ -166,7 +166,10 @@ def build_estimator(values: Mapping[str, Any], log: Callable[[str], None]) -> tu
     except (FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as exc:
         raise StartupError(f"cannot load checkpoint {checkpoint} on device {device!r}: {exc}") from exc
     trained = f"{model.input_size} px" if model.input_size else "an unrecorded image size"
-    log(f"loaded {checkpoint} ({model.config.encoder}, lmax {model.lmax}, trained on {trained})")
+    log(f"loaded {checkpoint} ({model.describe()}, trained on {trained})")
+    if model.pose_space == "se3" and estimator_settings.temporal_filter:
+        log("the temporal filter applies to rotation models only: this SE(3) model's frames are estimated each "
+            "on its own")
     size = int(values["image_size"]) or None
     if size is not None:
         model.input_size = size  # the crops and the exported network agree on it
@@ -504,7 +507,8 @@ class _PoseDistributionCore:
         K = self._camera_matrix(image)
         depth = self._depth_for(image, K)
         boxes = None if detections is None else messages.detection_boxes(detections)
-        if boxes and K is None:
+        # (an SE(3) model: the estimator says what it assumes without K, in a note)
+        if boxes and K is None and getattr(self._estimator.model, "pose_space", "so3") != "se3":
             self._log("detections_no_info", "warning",
                       "no camera_info matching the image: detection crops are not corrected for their viewing ray "
                       "and translations have no direction")  # fmt: skip
@@ -540,7 +544,7 @@ class _PoseDistributionCore:
             self._log("max_detections", "warning",
                       f"{num_boxes} detections, keeping the {keep} highest-scoring (max_detections)")  # fmt: skip
         for kind, text in frame.notes:
-            if kind == "stamp":  # tracks reset (a replay loop, a pause): not bad input
+            if kind in ("stamp", "intrinsics"):  # tracks reset (a replay loop); no camera_info yet: not bad input
                 self._log(kind, "warning", text)
             else:
                 self._bad_input(kind, f"bad {kind}: {text}")

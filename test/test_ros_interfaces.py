@@ -126,6 +126,7 @@ def test_pose_distribution_fields() -> None:
         "mode_resolution": "float",
         "max_log_density": "float",
         "modes": "sequence<pose_distribution/RotationMode>",
+        "sample_positions": "sequence<geometry_msgs/Point>",
     }
     assert RotationMode.get_fields_and_field_types() == {
         "orientation": "geometry_msgs/Quaternion",
