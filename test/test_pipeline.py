@@ -129,3 +129,49 @@ def test_off_centre_boxes_are_corrected_for_their_viewing_ray() -> None:
         modes = torch.as_tensor(np.stack([o.rotation for o in frame.objects]), dtype=torch.float32)
         err = np.degrees(metrics.nearest_equivalent_error(modes, equivalents).numpy())
         assert bool((err < 15).all()) == expect_ok, (K_used is not None, err)
+
+
+# ----------------------------------------------------------------------------- SE(3) models
+
+
+def _se3_estimator():
+    from test_spyropose import _model
+
+    from pose_core.pipeline import EstimatorSettings, PoseEstimator
+
+    return PoseEstimator(_model().eval(), EstimatorSettings(num_samples=12))
+
+
+def test_se3_model_gives_learned_translation_covariance_and_pose_samples():
+    from pose_core import pinhole
+    from pose_core import translation_grid as tgrid
+    from pose_core.pipeline import Box
+
+    est = _se3_estimator()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    K = np.array([[520.0, 0, 319.5], [0, 520.0, 239.5], [0, 0, 1]])
+    boxes = [Box((150.0, 300.0), (90.0, 70.0), 0.9, "a"), Box((500.0, 100.0), (0.0, 40.0), 0.8, "junk")]
+    frame = est.estimate(rgb, K, boxes=boxes)
+    assert [r.index for r in frame.rejected] == [1] and len(frame.objects) == 1
+    o = frame.objects[0]
+    assert o.translation_source == "model" and o.sample_positions.shape == (12, 3) and o.samples.shape == (12, 4)
+    t_hat = pinhole.translation_from_box(K, (150.0, 300.0), (90.0, 70.0), est.model.object.apparent_size_m)
+    box = est.model.frame(torch.as_tensor(t_hat)[None])
+    xi = tgrid.t_to_xi(box, torch.as_tensor(np.vstack([o.translation, o.sample_positions]))[None])
+    assert (xi.abs() <= 1 + 1e-9).all()  # the mode and the samples lie in the box around the box's guess
+    C = o.covariance
+    np.testing.assert_allclose(C, C.T, atol=1e-12)
+    assert np.linalg.eigvalsh(C).min() > -1e-12 and np.abs(C[:3, 3:]).max() > 0  # real cross terms
+    # with depth the guess comes from the median depth in the box (+ half the object's radius)
+    depth = np.full((480, 640), 0.6, np.float32)
+    d = est.estimate(rgb, K, depth=depth, boxes=boxes[:1]).objects[0]
+    z0 = 0.6 + 0.5 * est.model.object.radius_m
+    xi = tgrid.t_to_xi(est.model.frame(torch.tensor([[0.0, 0.0, z0]], dtype=torch.float64)),
+                       torch.as_tensor(d.translation)[None, None])
+    assert abs(float(xi[0, 0, 2])) <= 1  # its depth is within the box around the depth guess
+    side = 2 * 1.1 * est.model.object.radius_m * 520.0  # the crop follows the guess: its side is 1/z
+    assert abs((d.region[2] - d.region[0]) - side / z0) <= 1 and abs((o.region[2] - o.region[0]) - side / t_hat[2]) <= 1
+    # no K: served, with a note naming the assumption
+    nk = est.estimate(rgb, None, boxes=boxes[:1])
+    assert len(nk.objects) == 1 and nk.notes and nk.notes[0][0] == "intrinsics"

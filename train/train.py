@@ -354,9 +354,11 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
             rotations = batch["rotation"].to(device, non_blocking=True)
             stats: dict[str, torch.Tensor] = {}
             if se3:
+                # the importance samples of a step from its own seed: a resumed run draws what an uninterrupted one does
+                gen = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     loss, stats = ddp_model(images, batch["K"].to(device), batch["t_hat"].to(device), rotations,
-                                            batch["translation"].to(device))
+                                            batch["translation"].to(device), generator=gen)
             else:
                 loss = _loss(ddp_model, model, images, rotations, amp_dtype if use_amp else None)
             opt.zero_grad(set_to_none=True)

@@ -283,7 +283,8 @@ class SpyroPose(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, images: torch.Tensor, K: torch.Tensor, t_hat: torch.Tensor, R: torch.Tensor,
-                t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                t: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss (mean over levels and usable items) and per-level statistics.
 
         Args:
@@ -291,6 +292,8 @@ class SpyroPose(nn.Module):
             t_hat: ``(B, 3)`` the guesses the crops are centred on (m); ``R`` ``(B, 3, 3)``, ``t``
                 ``(B, 3)``: the true poses (m). Items whose truth lies outside the translation box
                 are left out of the loss (``stats["inside"]`` is their share).
+            generator: of the importance samples (on the images' device; ``None``: torch's default), so that
+                a training step is reproducible on its own (``train/train.py`` seeds one per step).
         """
         cfg = self.config
         B = images.shape[0]
@@ -328,7 +331,8 @@ class SpyroPose(nn.Module):
 
         for r in range(1, cfg.levels):
             s_rot, s_trans, log_q_s, log_q_cand = propose_children(cand_rot, cand_trans, log_w, r - 1,
-                                                                   cfg.train_samples, cfg.proposal_uniform)
+                                                                   cfg.train_samples, cfg.proposal_uniform,
+                                                                   generator)
             log_q = torch.cat((torch.gather(log_q_cand, 1, true_col) - math.log(64), log_q_s), 1)
             cand_rot = torch.cat((true_rot[r][:, None], s_rot), 1)  # (n, m + 1): the truth first
             cand_trans = torch.cat((true_trans[r][:, None], s_trans), 1)
