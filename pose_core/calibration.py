@@ -19,7 +19,7 @@ log-density ``-2.29``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -32,6 +32,7 @@ __all__ = [
     "entropy",
     "truth_log_likelihood",
     "fit_temperature",
+    "maximise_over_temperature",
     "UNIFORM_ENTROPY",
 ]
 
@@ -87,21 +88,29 @@ def fit_temperature(logits: torch.Tensor, cells: torch.Tensor, mask: torch.Tenso
     """The temperature ``T`` in ``bounds`` maximising the mean :func:`truth_log_likelihood` of ``logits / T``
     (golden-section search in ``log T``; the log-likelihood is concave in ``1 / T``)."""
     _check(logits, cells, mask)
+    return maximise_over_temperature(
+        lambda t: float(truth_log_likelihood(logits / t, cells, mask).mean()), bounds, iterations)
+
+
+def maximise_over_temperature(objective: Callable[[float], float], bounds: tuple[float, float] = (0.05, 20.0),
+                              iterations: int = 60) -> float:
+    """The ``T`` in ``bounds`` maximising ``objective(T)`` (unimodal in ``log T``: golden-section search); e.g.
+    the held-out log-likelihood of a model run at temperature ``T``."""
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
     g = (math.sqrt(5) - 1) / 2
 
-    def nll(log_t: float) -> float:
-        return -float(truth_log_likelihood(logits / math.exp(log_t), cells, mask).mean())
+    def loss(log_t: float) -> float:
+        return -objective(math.exp(log_t))
 
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = nll(a), nll(b)
+    fa, fb = loss(a), loss(b)
     for _ in range(iterations):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)
-            fa = nll(a)
+            fa = loss(a)
         else:
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)
-            fb = nll(b)
+            fb = loss(b)
     return math.exp(0.5 * (lo + hi))

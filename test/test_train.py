@@ -161,6 +161,12 @@ def test_spyropose_training_resumes_exactly_and_exports(tmp_path):
     assert "optimizer" not in read_checkpoint(out) and out.stat().st_size < path.stat().st_size
     model = load_model(out)
     assert isinstance(model, SpyroPose) and model.input_size == 64
+    # the temperature fit on scenes of the calibration seed: the held-out likelihood does not go down
+    from train.calibrate import calibrate_se3
+
+    cal = calibrate_se3(model, read_checkpoint(out), n=4, iterations=4)
+    assert model.temperature == cal["temperature"] and 0.3 <= cal["temperature"] <= 10
+    assert cal["after"]["ll_se3"] >= cal["before"]["ll_se3"] - 1e-9
 
 
 def test_spyropose_config_errors_and_encoder_init(tmp_path):
