@@ -20,9 +20,12 @@ Reported per object and method: rotation error to the nearest equivalent (``acc@
 ``median_deg``), translation error (``t_median_mm``, ``t_median_frac_distance``,
 ``t_median_frac_diameter``), ``ll_se3`` (mean log-density of the true pose, Haar volume pi^2 x m^3;
 the baseline's: its rotation density times the Gaussian of its translation covariance),
-``inside_95`` (the truth inside the 95 % ellipsoid of the translation covariance) and
-``ms_per_object`` (``estimate()`` wall time with one box, p50 / p90, this machine, one thread pool
-shared by both models: compare within one run).
+``inside_95`` (the truth inside the 95 % ellipsoid of the translation covariance; ``ll_se3`` and
+``inside_95`` are ``None`` for ``i2s_box``, which has no translation covariance; ``ll_outside_support``:
+the share of images whose true pose has density 0, outside the SE(3) model's translation box) and
+``ms_per_object`` (``estimate()`` wall time with one box, p50 / p90, this machine, each model on the
+backend the node would pick, ``auto``: ONNX Runtime for Image2Sphere on a CPU, torch for SpyroPose;
+compare within one run).
 """
 
 from __future__ import annotations
@@ -84,14 +87,16 @@ def _i2s_rotation_log_density(estimator: Any, rgb: np.ndarray, K: np.ndarray, bo
 
 def _row(errors_deg, t_err, dist, lls, inside, ms, diameter) -> dict[str, Any]:
     e, te, d = np.asarray(errors_deg), np.asarray(t_err), np.asarray(dist)
-    ll = np.asarray(lls)
+    ll = np.asarray(lls, dtype=np.float64)
     finite = np.isfinite(ll)
+    known = ~np.isnan(ll)  # NaN: the method has no density (no translation covariance)
     return {
         "n": int(e.size), "acc@15": float(np.mean(e <= 15.0)), "acc@30": float(np.mean(e <= 30.0)),
         "median_deg": float(np.median(e)), "t_median_mm": 1000.0 * float(np.median(te)),
         "t_median_frac_distance": float(np.median(te / d)), "t_median_frac_diameter": float(np.median(te)) / diameter,
-        "ll_se3": float(ll[finite].mean()) if finite.any() else -math.inf, "ll_nonfinite": float(np.mean(~finite)),
-        "inside_95": float(np.mean(inside)), "ms_per_object": common.summarize_ms(ms),
+        "ll_se3": float(ll[finite].mean()) if finite.any() else None,
+        "ll_outside_support": float(np.mean(~finite[known])) if known.any() else None,
+        "inside_95": float(np.mean(inside)) if known.any() else None, "ms_per_object": common.summarize_ms(ms),
     }
 
 
@@ -103,13 +108,13 @@ def run_object(name: str, se3_path: Path, i2s_path: Path, n: int) -> dict[str, A
     payload = read_checkpoint(se3_path)
     scenes = _heldout_scenes(payload, n)
     se3 = PoseEstimator(load_model(se3_path), EstimatorSettings(temporal_filter=False))
-    i2s = PoseEstimator(load_model(i2s_path).use_backend("torch"), EstimatorSettings(temporal_filter=False))
+    i2s = PoseEstimator(load_model(i2s_path).use_backend("auto"), EstimatorSettings(temporal_filter=False))
     obj = se3.model.object
     acc: dict[str, dict[str, list]] = {m: {k: [] for k in ("err", "t", "ll", "in", "ms")} for m in METHODS}
     dist_true = []
     for i in range(len(scenes)):
         frame = scenes.full_frame(i)
-        rgb, K = frame["rgb"], np.asarray(frame["K"], np.float64)
+        rgb, K = frame["rgb"], np.asarray(frame["K_full"], np.float64)
         u, v, w, h = (float(x) for x in frame["box"])
         box = Box((u, v), (w, h))
         R_true = np.asarray(frame["rotation"], np.float64)
@@ -156,9 +161,11 @@ def format_table(results: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for r in results:
         for m, row in r["methods"].items():
+            ll = "n/a" if row["ll_se3"] is None else f"{row['ll_se3']:.2f}"
+            inside = "n/a" if row["inside_95"] is None else f"{row['inside_95']:.2f}"
             lines.append(f"{r['object']:8s} {m:12s} {row['acc@15']:7.2f} {row['median_deg']:6.1f}° "
                          f"{row['t_median_mm']:9.1f} {100 * row['t_median_frac_distance']:6.2f}% "
-                         f"{100 * row['t_median_frac_diameter']:6.1f}% {row['ll_se3']:8.2f} {row['inside_95']:7.2f} "
+                         f"{100 * row['t_median_frac_diameter']:6.1f}% {ll:>8s} {inside:>7s} "
                          f"{row['ms_per_object']['p50_ms']:7.1f}")
     return "\n".join(lines)
 

@@ -152,8 +152,14 @@ def test_one_corrected_distribution_per_detection(det_node: RunningNode, env: di
     sec = 500
     # The tetrahedron scores higher, so it comes first; 133 px ~ the object's extent in its 160 px render.
     dets = [_detection(CENTERS[0], 133.0, 0.6, "cube 1"), _detection(CENTERS[1], 133.0, 0.9, "")]
+    def corrected(m: dict) -> bool:  # computed after camera_info arrived: the translations follow the box rays
+        ds = m["distributions"]
+        return len(ds) == 2 and all(
+            abs(d["mode"]["position"]["x"] / d["mode"]["position"]["z"] - (cu - (WIDTH - 1) / 2) / FOCAL) < 1e-6
+            for d, (cu, _) in zip(ds, (CENTERS[1], CENTERS[0]), strict=True))
+
     with _publishers(det_node, env, scene, sec, dets):
-        array = _wait_for_output(det_node, env, sec, "distributions", ARRAY, timeout_s=60.0)
+        array = _wait_for_output(det_node, env, sec, "distributions", ARRAY, timeout_s=60.0, accept=corrected)
         tf = collect_messages("tf2_msgs/msg/TFMessage", "/tf", env, count=1, timeout_s=30.0, depth=100)[0]
     dists = array["distributions"]
     assert [d["object_frame_id"] for d in dists] == [f"{OBJECT}_1", f"{OBJECT}_cube_1"]

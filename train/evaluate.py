@@ -6,7 +6,8 @@ Usage (from the repository root)::
         [--plots DIR] [--grid-level 5] [--limit N] [--size N] [--root DIR]
 
 ``--dataset``: a dataset name (``symsol``, ``symsol_dir``, ``mesh``, ``modelnet10``, ``pascal3d``) or
-a YAML file. With a name equal to the checkpoint's training data, the held-out twin of that data is
+a YAML file (an SE(3) checkpoint: ``scenes``, its training data's held-out twin, scored by
+:func:`evaluate_se3`). With a name equal to the checkpoint's training data, the held-out twin of that data is
 used (rendered data: same shapes and image size, another seed; on-disk data: split ``test``); another
 name takes the :class:`train.config.DataConfig` defaults (with ``--root``). A YAML file is either a
 training config (its ``eval_data``, else the held-out twin of its ``data``) or a bare ``DataConfig``
@@ -250,7 +251,7 @@ def resolve_eval_data(dataset: str, checkpoint: dict, root: str | None = None, s
         data = heldout_config(DataConfig(**kwargs), eval_size)
     if root is not None:
         data = dataclasses.replace(data, root=root)
-    if size is not None and data.name in ("symsol", "mesh"):
+    if size is not None and data.name in ("symsol", "mesh", "scenes"):
         data = dataclasses.replace(data, size=size)
     return data
 
@@ -279,6 +280,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.checkpoint, device=args.device)
     data_cfg = resolve_eval_data(args.dataset, payload, root=args.root, size=args.size)
     dataset = build_dataset(data_cfg)
+    if getattr(model, "pose_space", "so3") == "se3":
+        result = evaluate_se3(model, dataset, batch_size=args.batch_size, limit=args.limit, progress=True)
+        result = {"checkpoint": str(args.checkpoint), "dataset": dataclasses.asdict(data_cfg), **result}
+        o = result["overall"]
+        print(f"{args.checkpoint} on {data_cfg.name} ({result['n']} scenes, {result['seconds']:.1f} s)")
+        print("  ".join(f"{k} {o[k]:.4g}" for k in SE3_KEYS))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     result = evaluate(model, dataset, grid_level=args.grid_level, batch_size=args.batch_size, limit=args.limit,
                       num_workers=args.num_workers, plots_dir=args.plots, num_plots=args.num_plots, progress=True)
     result = {"checkpoint": str(args.checkpoint), "dataset": dataclasses.asdict(data_cfg), **result}
