@@ -48,7 +48,8 @@ from pose_core import metrics
 from pose_core.distribution import SO3Distribution
 from pose_core.model import ImageToSphere
 
-__all__ = ["evaluate", "evaluate_se3", "format_table", "resolve_eval_data", "main", "GROUP_KEYS", "SE3_KEYS"]
+__all__ = ["evaluate", "evaluate_se3", "record_se3", "format_table", "resolve_eval_data", "main", "GROUP_KEYS",
+           "SE3_KEYS"]
 
 #: Keys of every group in the result of :func:`evaluate`.
 GROUP_KEYS = ("n", "acc@15", "acc@30", "median_deg", "mean_deg", "ll", "ll_continuous")
@@ -256,6 +257,30 @@ def resolve_eval_data(dataset: str, checkpoint: dict, root: str | None = None, s
     return data
 
 
+def record_se3(checkpoint: str | Path, size: int = 100, reproduce_size: int = 6) -> dict[str, Any]:
+    """The record shipped beside an SE(3) checkpoint (``checkpoints/se3_<object>.json``): how it was made
+    (``command``, ``config``, ``data_seeds``, ``hardware``, ``torch``, ``train_seconds``, ``steps``,
+    ``temperature``, ``calibration``, from its ``meta``), ``metrics`` (:func:`evaluate_se3` on ``size``
+    held-out scenes of its training data) and ``reproduce`` (the dataset and metrics of a small evaluation
+    that ``test/test_shipped_se3.py`` runs again)."""
+    from pose_core.model import load_model, read_checkpoint
+    from train.datasets import build_dataset
+
+    payload = read_checkpoint(checkpoint)
+    meta = payload.get("meta") or {}
+    model = load_model(checkpoint)
+    out: dict[str, Any] = {"checkpoint": str(checkpoint), "object": payload.get("object")}
+    for key in ("command", "train_config", "data_seeds", "hardware", "torch", "train_seconds", "step", "resumed_from",
+                "calibration", "exported_from_step"):
+        out[key] = meta.get(key)
+    out["temperature"] = float(model.temperature)
+    for name, n in (("metrics", size), ("reproduce", reproduce_size)):
+        data = resolve_eval_data("scenes", payload, size=n)
+        res = evaluate_se3(model, build_dataset(data), batch_size=20)
+        out[name] = {"dataset": dataclasses.asdict(data), "overall": res["overall"]}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     from pose_core.model import load_model, read_checkpoint
@@ -263,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="train/evaluate.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint written by train/train.py (or save_checkpoint)")
-    p.add_argument("--dataset", required=True, help="dataset name or YAML file (see the module docstring)")
+    p.add_argument("--dataset", default=None, help="dataset name or YAML file (see the module docstring)")
     p.add_argument("--root", default=None, help="dataset folder for symsol_dir / modelnet10 / pascal3d")
     p.add_argument("--size", type=int, default=None, help="items per shape for rendered data")
     p.add_argument("--json", default=None, help="write the results here")
@@ -274,7 +299,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--record", default=None,
+                   help="SE(3) checkpoints: write the record shipped beside it (train.evaluate.record_se3) here")
     args = p.parse_args(argv)
+    if args.record:
+        rec = record_se3(args.checkpoint, size=args.size or 100)
+        Path(args.record).write_text(json.dumps(rec, indent=2) + "\n")
+        print(f"wrote {args.record}: " + "  ".join(f"{k} {rec['metrics']['overall'][k]:.4g}" for k in SE3_KEYS))
+        return 0
+    if args.dataset is None:
+        p.error("give --dataset (or --record for an SE(3) checkpoint)")
 
     payload = read_checkpoint(args.checkpoint)
     model = load_model(args.checkpoint, device=args.device)
