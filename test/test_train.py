@@ -186,3 +186,19 @@ def test_spyropose_config_errors_and_encoder_init(tmp_path):
     assert torch.allclose(got[w], ref[w], atol=1e-6)
     fresh = run(dataclasses.replace(cfg, init_encoder_from=None, checkpoint_dir=str(tmp_path / "fresh")))
     assert not torch.allclose(read_checkpoint(fresh["checkpoint"])["state_dict"][w], ref[w], atol=1e-3)
+
+
+def test_spyropose_trains_under_torchrun_ddp(tmp_path):
+    """Two CPU processes (gloo) under torchrun: DDP wraps SpyroPose (its loss is its forward)."""
+    import subprocess
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", str(ROOT / "train" / "train.py"), "--config", str(SE3_TINY),
+         f"checkpoint_dir={tmp_path}", "progress=false", "max_steps=2", "eval.every=null"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    payload = read_checkpoint(tmp_path / "spyropose_tiny.pt")
+    assert payload["meta"]["world_size"] == 2 and payload["step"] == 2

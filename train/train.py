@@ -262,7 +262,9 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
     ddp_model: torch.nn.Module = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # SpyroPose taps the encoder's pyramid: its last 1x1 head conv (kept for checkpoint compatibility with
+        # the Image2Sphere encoders it starts from) gets no gradient
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=se3)
 
     # ------------------------------------------------------------------ logging
     writer = None
