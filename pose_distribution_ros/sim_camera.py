@@ -12,6 +12,8 @@ The rotation turns at ``--speed`` deg/s about a fixed tilted axis, then about a 
 every view direction comes by in a minute or so.
 
     python -m pose_distribution_ros.sim_camera [--shape cube] [--rate 5] [--size 224]
+
+Its SE(3) sibling (the object moving in 3D, with detection boxes): :mod:`pose_distribution_ros.sim_scene`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -33,15 +36,40 @@ from pose_core import so3
 from pose_core.trajectory import rotation_at  # the demo trajectory, pure (also the temporal benchmark's)
 from pose_distribution_ros.image_conversion import numpy_to_image
 
-__all__ = ["SimCamera", "rotation_at", "main"]
+__all__ = ["RELIABLE_50", "SimCamera", "camera_info_msg", "pose_stamped_msg", "rotation_at", "main"]
 
 FRAME = "sim_camera_optical"
-_RELIABLE_50 = QoSProfile(
+#: QoS of the truth (and, in :mod:`pose_distribution_ros.sim_scene`, the detections).
+RELIABLE_50 = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=50,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
+
+
+def camera_info_msg(header: Any, K: np.ndarray, width: int, height: int) -> CameraInfo:
+    """``sensor_msgs/CameraInfo`` of a distortion-free pinhole camera ``K`` ``(3, 3)``, ``width x height``."""
+    K = np.asarray(K, np.float64)
+    info = CameraInfo()
+    info.header = header
+    info.width, info.height = int(width), int(height)
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = K.ravel().tolist()
+    info.r = np.eye(3).ravel().tolist()
+    info.p = np.concatenate([K, np.zeros((3, 1))], axis=1).ravel().tolist()
+    return info
+
+
+def pose_stamped_msg(header: Any, R: np.ndarray, t: np.ndarray) -> PoseStamped:
+    """``geometry_msgs/PoseStamped`` of the pose ``(R (3, 3), t (3,) m)`` (object -> camera)."""
+    msg = PoseStamped()
+    msg.header = header
+    q = msg.pose.orientation
+    q.x, q.y, q.z, q.w = so3.matrix_to_quat(torch.as_tensor(np.asarray(R, np.float64))).tolist()
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in t)
+    return msg
 
 
 class SimCamera(Node):
@@ -57,7 +85,7 @@ class SimCamera(Node):
         self._speed = speed_deg_s
         self._pub_image = self.create_publisher(Image, "/sim/image", qos_profile_sensor_data)
         self._pub_info = self.create_publisher(CameraInfo, "/sim/camera_info", qos_profile_sensor_data)
-        self._pub_truth = self.create_publisher(PoseStamped, "/sim/truth", _RELIABLE_50)
+        self._pub_truth = self.create_publisher(PoseStamped, "/sim/truth", RELIABLE_50)
         self._t0 = time.monotonic()
         self._renderer.render(self._shape.mesh, np.eye(3))  # create the GL context before the first tick
         self.create_timer(1.0 / rate_hz, self._tick)
@@ -68,24 +96,8 @@ class SimCamera(Node):
         stamp = self.get_clock().now().to_msg()
         image = numpy_to_image(self._renderer.render(self._shape.mesh, R), "rgb8")
         image.header.stamp, image.header.frame_id = stamp, FRAME
-        info = CameraInfo()
-        info.header = image.header
-        info.width, info.height = self._camera.width, self._camera.height
-        info.distortion_model = "plumb_bob"
-        info.d = [0.0] * 5
-        info.k = self._camera.K.ravel().tolist()
-        info.r = np.eye(3).ravel().tolist()
-        info.p = np.concatenate([self._camera.K, np.zeros((3, 1))], axis=1).ravel().tolist()
-        truth = PoseStamped()
-        truth.header = image.header
-        x, y, z, w = so3.matrix_to_quat(torch.as_tensor(R)).tolist()
-        truth.pose.orientation.x, truth.pose.orientation.y, truth.pose.orientation.z, truth.pose.orientation.w = (
-            x,
-            y,
-            z,
-            w,
-        )
-        truth.pose.position.z = float(self._camera.distance)
+        info = camera_info_msg(image.header, self._camera.K, self._camera.width, self._camera.height)
+        truth = pose_stamped_msg(image.header, R, (0.0, 0.0, float(self._camera.distance)))
         self._pub_truth.publish(truth)  # first, so the listener knows it before the result
         self._pub_info.publish(info)
         self._pub_image.publish(image)

@@ -77,8 +77,7 @@ def test_trajectory_moves_in_3d_and_stays_in_view() -> None:
 
 
 def test_detector_box_has_the_training_scenes_error() -> None:
-    from pose_core.data.scenes import SceneConfig
-    from pose_distribution_ros.sim_scene import detector_box
+    from pose_core.data.scenes import SceneConfig, detector_box
 
     scene = SceneConfig()
     true_box = np.array([320.0, 240.0, 80.0, 60.0])

@@ -44,7 +44,7 @@ from pose_core.data.render import Camera, Mesh, Renderer
 from pose_core.data.shapes import SHAPE_NAMES, Shape, get_shape
 from pose_core.data.symsol import item_rotation
 
-__all__ = ["SceneConfig", "SE3RenderDataset", "scaled_mesh", "se3_collate", "tight_box"]
+__all__ = ["SceneConfig", "SE3RenderDataset", "detector_box", "scaled_mesh", "se3_collate", "tight_box"]
 
 #: Near and far planes (m) of the scene renderers: objects of 5-50 cm from 0.1 to 10 m.
 _NEAR, _FAR = 0.02, 20.0
@@ -112,6 +112,19 @@ def tight_box(vertices: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray)
     uv = (p @ np.asarray(K, np.float64).T)[:, :2] / p[:, 2:3]
     lo, hi = uv.min(0) - 0.5, uv.max(0) + 0.5
     return np.array([(lo[0] + hi[0]) / 2 - 0.5, (lo[1] + hi[1]) / 2 - 0.5, hi[0] - lo[0], hi[1] - lo[1]])
+
+
+def detector_box(true_box: np.ndarray, config: SceneConfig, rng: np.random.Generator) -> np.ndarray:
+    """A detector's box ``(u, v, w, h)`` (px) for the tight box ``true_box`` ``(4,)``: its centre moved by
+    ``config.box_center_std`` times its size per axis, each side scaled by ``exp(N(0, box_size_log_std))``
+    (both 3-sigma truncated, drawn from ``rng``), clipped to the ``width x height`` image."""
+    true_box = np.asarray(true_box, np.float64)
+    shift = _truncated_normal(rng, config.box_center_std, 2) * true_box[2:]
+    sides = true_box[2:] * np.exp(_truncated_normal(rng, config.box_size_log_std, 2))
+    box = np.concatenate([true_box[:2] + shift, sides])
+    lo = np.maximum(box[:2] - box[2:] / 2, -0.5)  # clipped to the image, as a detector's is
+    hi = np.minimum(box[:2] + box[2:] / 2, np.array([config.width, config.height]) - 0.5)
+    return np.concatenate([(lo + hi) / 2, np.maximum(hi - lo, 1.0)])
 
 
 def _truncated_normal(rng: np.random.Generator, std: float, size: int) -> np.ndarray:
@@ -214,12 +227,7 @@ class SE3RenderDataset(Dataset):
         v = float(rng.uniform(r_px, c.height - 1 - r_px)) if c.height - 1 > 2 * r_px else cy
         t = pinhole.backproject(K, u, v, z)
         true_box = tight_box(self._box_vertices[k], R, t, K)
-        shift = _truncated_normal(rng, c.box_center_std, 2) * true_box[2:]
-        sides = true_box[2:] * np.exp(_truncated_normal(rng, c.box_size_log_std, 2))
-        box = np.concatenate([true_box[:2] + shift, sides])
-        lo = np.maximum(box[:2] - box[2:] / 2, -0.5)  # clipped to the image, as a detector's is
-        hi = np.minimum(box[:2] + box[2:] / 2, np.array([c.width, c.height]) - 0.5)
-        box = np.concatenate([(lo + hi) / 2, np.maximum(hi - lo, 1.0)])
+        box = detector_box(true_box, c, rng)
         t_hat = pinhole.translation_from_box(K, box[:2], box[2:], self._apparent[k])
         region, K_crop = pinhole.object_crop(K, t_hat, c.diameter_m / 2, c.crop_size, c.padding)
         return {"K_full": K, "rotation": R, "translation": t, "true_box": true_box, "box": box, "t_hat": t_hat,
