@@ -36,7 +36,7 @@ from pose_core import so3
 from pose_core.trajectory import rotation_at  # the demo trajectory, pure (also the temporal benchmark's)
 from pose_distribution_ros.image_conversion import numpy_to_image
 
-__all__ = ["RELIABLE_50", "SimCamera", "camera_info_msg", "pose_stamped_msg", "rotation_at", "main"]
+__all__ = ["RELIABLE_50", "SimCamera", "camera_info_msg", "pose_stamped_msg", "rotation_at", "main", "spin"]
 
 FRAME = "sim_camera_optical"
 #: QoS of the truth (and, in :mod:`pose_distribution_ros.sim_scene`, the detections).
@@ -111,10 +111,15 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=20.0, help="rotation speed (deg/s)")
     argv = rclpy.utilities.remove_ros_args(sys.argv if args is None else args)[1:]
     opts = parser.parse_args(argv)
+    return spin(lambda: SimCamera(opts.shape, opts.rate, opts.size, opts.speed), args)
+
+
+def spin(make: Any, args: list[str] | None = None) -> int:
+    """``rclpy.init``, spin the node ``make()`` builds until Ctrl-C or shutdown, clean up; returns 0."""
     rclpy.init(args=args)
     node = None
     try:
-        node = SimCamera(opts.shape, opts.rate, opts.size, opts.speed)
+        node = make()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -56,7 +55,7 @@ from pose_core import pinhole
 from pose_core.data.scenes import detector_box, tight_box
 from pose_core.trajectory import rotation_at
 from pose_distribution_ros.image_conversion import numpy_to_image
-from pose_distribution_ros.sim_camera import RELIABLE_50, camera_info_msg, pose_stamped_msg
+from pose_distribution_ros.sim_camera import RELIABLE_50, camera_info_msg, pose_stamped_msg, spin
 
 __all__ = ["DEPTH_RANGE_M", "SceneObject", "checkpoint_object", "scene_camera", "scene_pose_at",
            "SimScene", "main"]
@@ -229,18 +228,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the detector box errors")
     argv = rclpy.utilities.remove_ros_args(sys.argv if args is None else args)[1:]
     opts = parser.parse_args(argv)
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimScene(opts.checkpoint, opts.rate, opts.speed, opts.seed, opts.shape)
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin(lambda: SimScene(opts.checkpoint, opts.rate, opts.speed, opts.seed, opts.shape), args)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def calibrate_se3(model: Any, payload: dict, n: int = 120, iterations: int = 12)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    from pose_core.model import load_model, read_checkpoint, save_checkpoint
+    from pose_core.model import load_model, read_checkpoint
     from train.config import config_from_dict
     from train.datasets import rendered_source
     from train.robustness import checkpoint_shapes
@@ -132,10 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.checkpoint, device=args.device)
     model.inference.temperature = 1.0  # fit from the network's own output
     result = calibrate(model, shapes, size, seed + CALIBRATION_SEED_OFFSET, recipe, per_shape=args.per_shape)
-    meta = dict(payload.get("meta") or {})
-    meta["calibration"] = result
-    extra = {k: payload[k] for k in ("train_config",) if k in payload}
-    out = save_checkpoint(model, args.out, meta=meta, **extra)
+    out = _save_calibrated(model, payload, result, args.out)
     b, a = result["before"], result["after"]
     print(f"temperature {result['temperature']:.3f} on {result['n']} held-out images; "
           f"LL {b['ll']:.2f} -> {a['ll']:.2f}, in 50 % HDR {b['cov50']:.2f} -> {a['cov50']:.2f}, "
@@ -144,16 +141,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _main_se3(args: argparse.Namespace, payload: dict) -> int:
-    """:func:`main` for an SE(3) checkpoint (``--per-shape``: the number of scenes)."""
-    from pose_core.model import load_model, save_checkpoint
+def _save_calibrated(model: Any, payload: dict, result: dict, out: str) -> Any:
+    """Write the calibrated ``model`` to ``out`` (inference checkpoint) with ``result`` in ``meta.calibration``."""
+    from pose_core.model import save_checkpoint
 
-    model = load_model(args.checkpoint, device=args.device)
-    result = calibrate_se3(model, payload, n=args.per_shape * 2)
     meta = dict(payload.get("meta") or {})
     meta["calibration"] = result
     extra = {k: payload[k] for k in ("train_config",) if k in payload}
-    out = save_checkpoint(model, args.out, meta=meta, **extra)
+    return save_checkpoint(model, out, meta=meta, **extra)
+
+
+def _main_se3(args: argparse.Namespace, payload: dict) -> int:
+    """:func:`main` for an SE(3) checkpoint (``--per-shape``: the number of scenes)."""
+    from pose_core.model import load_model
+
+    model = load_model(args.checkpoint, device=args.device)
+    result = calibrate_se3(model, payload, n=args.per_shape * 2)
+    out = _save_calibrated(model, payload, result, args.out)
     b, a = result["before"], result["after"]
     print(f"temperature {result['temperature']:.3f} on {result['n']} held-out scenes; SE(3) LL {b['ll_se3']:.2f} -> "
           f"{a['ll_se3']:.2f}, truth in the 95 % translation ellipsoid {b['inside_95']:.2f} -> {a['inside_95']:.2f}, "
