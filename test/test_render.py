@@ -147,3 +147,55 @@ def test_two_renderers_in_one_process_each_render_their_own_view():
     np.testing.assert_array_equal(second.render(mesh, R), other)
     first.close()
     second.close()
+
+
+def _unit_sphere_mesh(radius: float) -> Mesh:
+    """A fine icosphere-like mesh (the SYMSOL ``sphereX``) scaled to ``radius``."""
+    base = get_shape("sphereX").mesh
+    return Mesh(base.positions * np.float32(radius), base.normals, (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("t", [(0.0, 0.0, 0.3), (0.21, -0.13, 0.6), (-0.55, 0.4, 1.5)])
+def test_translation_projects_the_centroid_where_K_says(t):
+    """``translation=t`` puts the object origin at ``t``: a small sphere's silhouette centre is ``K @ t``, also
+    off-axis with a shifted principal point and fx != fy; a 15 cm object renders whole from 0.3 to 1.5 m
+    with near 0.05 and far 10 (metres)."""
+    cam = Camera(160, 120, focal=150.0, near=0.05, distance=1.0, far=10.0)
+    K = np.array([[150.0, 0.0, 83.0], [0.0, 140.0, 57.5], [0.0, 0.0, 1.0]])
+    r = Renderer(cam, samples=0)
+    t = np.asarray(t)
+    small = r.render(_unit_sphere_mesh(0.01), np.eye(3), intrinsics=K, translation=t).max(-1) > 0
+    ys, xs = np.nonzero(small)
+    uvw = K @ t
+    assert len(xs) > 2
+    assert abs(xs.mean() - uvw[0] / uvw[2]) < 0.5 and abs(ys.mean() - uvw[1] / uvw[2]) < 0.5
+    # a 15 cm cube centred on the axis at that depth: whole (not clipped by near / far), as big as K says
+    cube = get_shape("cube").mesh
+    cube = Mesh(cube.positions * np.float32(0.075), cube.normals, cube.colors)
+    z = float(t[2])
+    mask = r.render(cube, np.eye(3), translation=(0.0, 0.0, z)).max(-1) > 0
+    side = 0.15 / np.sqrt(3)  # the cube of bounding radius 0.075
+    front = 150.0 * side / (z - side / 2)  # its front face, nearest the camera, px
+    rows, cols = np.nonzero(mask)
+    assert abs((cols.max() - cols.min() + 1) - min(front, 160)) <= 1.5
+    # negative control: the same render with the default on-axis distance is elsewhere
+    moved = r.render(_unit_sphere_mesh(0.01), np.eye(3), intrinsics=K, distance=z).max(-1) > 0
+    if abs(t[0]) > 0:
+        assert not (moved & small).any()
+
+
+def test_translation_is_checked():
+    r = Renderer(Camera(32, 32, near=0.05, distance=1.0, far=10.0), samples=0)
+    mesh = get_shape("cube").mesh
+    with pytest.raises(ValueError, match="not both"):
+        r.render(mesh, np.eye(3), translation=(0.0, 0.0, 1.0), distance=1.0)
+    with pytest.raises(ValueError, match="not both"):
+        r.render_layer(mesh, np.eye(3), translation=(0.0, 0.0, 1.0), distance=1.0)
+    with pytest.raises(ValueError, match="near"):
+        r.render(mesh, np.eye(3), translation=(0.0, 0.0, 50.0))
+    with pytest.raises(ValueError, match="near"):
+        r.render_layer(mesh, np.eye(3), translation=(0.0, 0.0, 0.01))
+    with pytest.raises(ValueError, match="3 finite"):
+        r.render(mesh, np.eye(3), translation=(0.0, np.nan, 1.0))
+    layer = r.render_layer(mesh, np.eye(3), translation=(0.0, 0.0, 8.0))
+    assert layer.shape == (32, 32, 4) and 0 < layer[..., 3].sum() < 32 * 32

@@ -10,19 +10,26 @@ An item of :class:`SE3RenderDataset` is drawn from its seed, the object's name a
 1. a camera: ``width x height`` (640x480), focal length uniform in ``focal``, the principal point
    ``principal_jitter`` px around the centre;
 2. a pose: a Haar-random rotation (the SYMSOL-like item rotation), a depth uniform in ``depth``, the
-   projected centre uniform over the pixels that keep the object's bounding sphere in view (the
-   image centre if none do);
-3. the tight box of the projected mesh, then a detector's box: centre moved by
-   ``box_center_std`` times the box size (per axis), each side scaled by ``exp(N(0, box_size_log_std))``,
-   both truncated at 3 sigma, clipped to the image;
+   projected centre uniform over the pixels that keep the object's bounding sphere in view, up to
+   ``max_outside`` of its projected diameter past the image border (default 0: all of it in view; the
+   image centre if the sphere is larger than the image);
+3. the tight box of the projected mesh (``true_box``, not clipped), then a detector's box
+   (:func:`detector_box`): centre moved by ``box_center_std`` times the box size (per axis), each side
+   scaled by ``exp(N(0, box_size_log_std))``, both truncated at 3 sigma, clipped to the image (so a
+   truncated object's box is too small and its depth guess too far, as a real detector's);
 4. the initial translation from that box (:func:`pose_core.pinhole.translation_from_box`) and the
    crop around it (:func:`pose_core.pinhole.object_crop`), rendered directly with the crop's
-   intrinsics (the same pixels a full-frame render cropped by ``preprocess.crop_input`` gives, up to
-   resampling), with ``randomization`` (backgrounds, lights, distractors, occluders, sensor effects:
-   :func:`pose_core.data.randomize.compose`) when set.
+   intrinsics, with ``randomization`` (backgrounds, lights, distractors, occluders, sensor effects:
+   :func:`pose_core.data.randomize.compose`) when set. What of the crop lies outside the camera
+   image is black, as :func:`pose_core.preprocess.crop_input` makes it: without randomisation the crop
+   is the full-frame render cropped by ``crop_input`` up to resampling (tested). Distractor and
+   occluder meshes are framed as in the SO(3) recipe (a unit mesh at the crop camera's default
+   distance 4 fills about 0.44 of the crop side per radius, times the knob's scale).
 
-:meth:`SE3RenderDataset.full_frame` renders the whole camera image of the same scene (and its
-depth), for the pipeline, the node and the benchmarks.
+:meth:`SE3RenderDataset.full_frame` renders the whole camera image of the same scene, and optionally
+its depth (:func:`depth_image`, the object only), for the pipeline, the node and the benchmarks. Its
+randomisation draws the same knobs at the full size (the same kind of background, lights, tint,
+sensor effects; not the crop's pixels).
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ from pose_core.data.render import Camera, Mesh, Renderer
 from pose_core.data.shapes import SHAPE_NAMES, Shape, get_shape
 from pose_core.data.symsol import item_rotation
 
-__all__ = ["SceneConfig", "SE3RenderDataset", "detector_box", "scaled_mesh", "se3_collate", "tight_box"]
+__all__ = ["SceneConfig", "SE3RenderDataset", "depth_image", "detector_box", "scaled_mesh", "se3_collate",
+           "tight_box"]
 
 #: Near and far planes (m) of the scene renderers: objects of 5-50 cm from 0.1 to 10 m.
 _NEAR, _FAR = 0.02, 20.0
@@ -61,6 +69,8 @@ class SceneConfig:
         focal: focal length range (px, ``fx = fy``); principal_jitter: principal point offset (px).
         diameter_m: the object's bounding-sphere diameter (its mesh is scaled to it).
         depth: range of the object centre's depth (m).
+        max_outside: how much of the bounding sphere's projected diameter may lie past the image border
+            (fraction in [0, 0.5]; 0: the whole sphere in view, 0.3: up to 30 % of it cut off).
         box_center_std: detector box centre error, fraction of the box size per axis (3-sigma truncated).
         box_size_log_std: detector box side error, log-normal std per side (3-sigma truncated).
         crop_size: side (px) of the model's crop; padding: crop side / the bounding sphere's projected diameter.
@@ -73,6 +83,7 @@ class SceneConfig:
     principal_jitter: float = 10.0
     diameter_m: float = 0.15
     depth: list[float] = dataclasses.field(default_factory=lambda: [0.3, 1.5])
+    max_outside: float = 0.0
     box_center_std: float = 0.05
     box_size_log_std: float = 0.08
     crop_size: int = 128
@@ -89,6 +100,8 @@ class SceneConfig:
                                  f"{getattr(self, name)}")
         if not 0 < self.diameter_m < 2.0:
             raise ValueError(f"scene.diameter_m must be in (0, 2) m, got {self.diameter_m}")
+        if not 0.0 <= self.max_outside <= 0.5:
+            raise ValueError(f"scene.max_outside must be in [0, 0.5], got {self.max_outside}")
         if self.box_center_std < 0 or self.box_size_log_std < 0 or self.principal_jitter < 0:
             raise ValueError("scene.box_center_std, box_size_log_std and principal_jitter must be >= 0")
         if self.crop_size < 8 or not self.padding > 0:
@@ -127,6 +140,55 @@ def detector_box(true_box: np.ndarray, config: SceneConfig, rng: np.random.Gener
     return np.concatenate([(lo + hi) / 2, np.maximum(hi - lo, 1.0)])
 
 
+def depth_image(mesh: Mesh, R: np.ndarray, t: np.ndarray, K: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Depth ``(height, width)`` float32 (m, the z of the nearest surface point: :mod:`pose_core.pinhole`) of
+    ``mesh`` at pose ``(R (3, 3), t (3,))`` seen with intrinsics ``K`` ``(3, 3)``, sampled at the pixel
+    centres; 0 (no measurement) where the mesh is not. Exact for the triangles (a CPU z-buffer, no
+    anti-aliasing); ValueError when a vertex lies behind the camera (z <= 0)."""
+    K = pinhole.intrinsics_matrix(K)
+    p = mesh.positions.astype(np.float64) @ np.asarray(R, np.float64).T + np.asarray(t, np.float64)
+    if p.shape[0] == 0 or (p[:, 2] <= 0).any():
+        raise ValueError("the mesh is (partly) behind the camera")
+    uv = (p @ K.T)[:, :2] / p[:, 2:3]
+    tri, z = uv.reshape(-1, 3, 2), p[:, 2].reshape(-1, 3)
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    lo = np.maximum(np.ceil(tri.min(1)), 0).astype(np.int64)  # pixel centres covered by the bounding box
+    hi = np.minimum(np.floor(tri.max(1)), [width - 1, height - 1]).astype(np.int64)
+    n = hi - lo + 1
+    keep = (np.abs(area) > 1e-12) & (n > 0).all(1)
+    depth = np.full(width * height, np.inf)
+    side = 2 ** np.ceil(np.log2(np.maximum(n.max(1), 1))).astype(np.int64)  # bucket the boxes by size
+    for s in np.unique(side[keep]):
+        members = np.nonzero(keep & (side == s))[0]
+        for idx in np.array_split(members, max(1, len(members) * int(s) ** 2 // 2_000_000)):  # bounded memory
+            o = np.arange(s)
+            uu = (lo[idx, 0, None, None] + o[None, None, :]).astype(np.float64)  # (T, 1, s)
+            vv = (lo[idx, 1, None, None] + o[None, :, None]).astype(np.float64)  # (T, s, 1)
+            inb = (uu <= hi[idx, 0, None, None]) & (vv <= hi[idx, 1, None, None])
+            A, B, C, ar = (x[idx, :, None, None] for x in (a, b, c, area[:, None]))
+            wa = ((C[:, 0] - B[:, 0]) * (vv - B[:, 1]) - (C[:, 1] - B[:, 1]) * (uu - B[:, 0])) / ar[:, 0]
+            wb = ((A[:, 0] - C[:, 0]) * (vv - C[:, 1]) - (A[:, 1] - C[:, 1]) * (uu - C[:, 0])) / ar[:, 0]
+            wc = 1.0 - wa - wb
+            eps = -1e-9
+            inside = inb & (wa >= eps) & (wb >= eps) & (wc >= eps)
+            Z = z[idx, :, None, None]
+            zz = 1.0 / (wa / Z[:, 0] + wb / Z[:, 1] + wc / Z[:, 2])  # 1/z is affine in the image: exact
+            flat = (vv * width + uu).astype(np.int64)
+            flat = np.broadcast_to(flat, inside.shape)[inside]
+            np.minimum.at(depth, flat, np.broadcast_to(zz, inside.shape)[inside])
+    depth[~np.isfinite(depth)] = 0.0
+    return depth.reshape(height, width).astype(np.float32)
+
+
+def _inside_image(lo: int, side: int, size: int, extent: int) -> np.ndarray:
+    """``(size,)`` fraction of each pixel of a ``size``-pixel crop of image pixels ``lo .. lo + side - 1``
+    (one axis) that lies inside an image of ``extent`` pixels (pixel ``j`` covers ``[j - 0.5, j + 0.5]``)."""
+    s = side / size
+    start = lo - 0.5 + np.arange(size) * s
+    return np.clip((np.minimum(start + s, extent - 0.5) - np.maximum(start, -0.5)) / s, 0.0, 1.0)
+
+
 def _truncated_normal(rng: np.random.Generator, std: float, size: int) -> np.ndarray:
     x = rng.normal(size=size)
     while (np.abs(x) > 3).any():
@@ -152,6 +214,8 @@ class SE3RenderDataset(Dataset):
     the detector's box), ``box`` and ``true_box`` ``(4,)`` ``(u, v, w, h)`` px in the full image, ``K_full``
     ``(3, 3)``, ``image_size_full`` ``(2,)`` ``(W, H)``, ``region`` ``(4,)`` int64 the crop in the full
     image, ``equivalents`` ``(E, 3, 3)`` (the truth times the symmetries), ``shape`` str.
+    ``image_size_full`` and ``region`` are int64. Without rendering: :meth:`scene` (the drawn numbers);
+    :meth:`crop` gives the crop as uint8 pixels, :meth:`full_frame` the camera image (and depth).
     """
 
     def __init__(self, shapes: Sequence[str | Shape], size: int = 1000, seed: int = 0,
@@ -187,8 +251,10 @@ class SE3RenderDataset(Dataset):
                 v = v[np.random.default_rng(0).choice(len(v), _BOX_VERTICES, replace=False)]
             self._box_vertices.append(v)
         self._apparent = [pinhole.apparent_size(v) for v in self._box_vertices]
-        self.crop_renderer = Renderer(Camera(c.crop_size, c.crop_size, near=_NEAR, distance=1.0, far=_FAR))
-        self.frame_renderer = Renderer(Camera(c.width, c.height, near=_NEAR, distance=1.0, far=_FAR))
+        # The cameras' default focal and distance (4) only frame the randomisation's distractor and occluder
+        # meshes (unit size), as in the SO(3) recipe; the object is placed by its intrinsics and translation.
+        self.crop_renderer = Renderer(Camera(c.crop_size, c.crop_size, near=_NEAR, far=_FAR))
+        self.frame_renderer = Renderer(Camera(c.width, c.height, near=_NEAR, far=_FAR))
 
     def __len__(self) -> int:
         return self.size * len(self._shapes)
@@ -222,9 +288,9 @@ class SE3RenderDataset(Dataset):
         K = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
         R = item_rotation(self.seed, name, index)
         z = float(rng.uniform(*c.depth))
-        r_px = f * (c.diameter_m / 2) / z
-        u = float(rng.uniform(r_px, c.width - 1 - r_px)) if c.width - 1 > 2 * r_px else cx
-        v = float(rng.uniform(r_px, c.height - 1 - r_px)) if c.height - 1 > 2 * r_px else cy
+        keep = f * (c.diameter_m / 2) / z * (1.0 - 2.0 * c.max_outside)  # the centre's margin to the border (px)
+        u = float(rng.uniform(keep, c.width - 1 - keep)) if c.width - 1 > 2 * keep else cx
+        v = float(rng.uniform(keep, c.height - 1 - keep)) if c.height - 1 > 2 * keep else cy
         t = pinhole.backproject(K, u, v, z)
         true_box = tight_box(self._box_vertices[k], R, t, K)
         box = detector_box(true_box, c, rng)
@@ -242,10 +308,22 @@ class SE3RenderDataset(Dataset):
         img, _ = compose(renderer, self._meshes[k], R, c.randomization, entropy, intrinsics=K, translation=t)
         return img
 
-    def __getitem__(self, item: int) -> dict[str, Any]:
+    def crop(self, item: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """The model's crop ``(S, S, 3)`` uint8 of scene ``item`` (black where it lies outside the camera
+        image) and the scene (:meth:`scene`)."""
         s = self.scene(int(item))
+        c = self.config
+        img = self._render(self.crop_renderer, s["shape_index"], s["index"], s["rotation"], s["translation"], s["K"])
+        u0, v0, u1, _ = (int(x) for x in s["region"])
+        wx = _inside_image(u0, u1 - u0, c.crop_size, c.width)
+        wy = _inside_image(v0, u1 - u0, c.crop_size, c.height)
+        if (wx < 1).any() or (wy < 1).any():
+            img = np.rint(img * (wy[:, None, None] * wx[None, :, None])).astype(np.uint8)
+        return img, s
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        img, s = self.crop(int(item))
         k = s["shape_index"]
-        img = self._render(self.crop_renderer, k, s["index"], s["rotation"], s["translation"], s["K"])
         c = self.config
         eq = self._shapes[k].equivalent_rotations(s["rotation"])
         f32 = torch.float32
@@ -264,12 +342,17 @@ class SE3RenderDataset(Dataset):
             "shape": self.shape_names[k],
         }
 
-    def full_frame(self, item: int) -> dict[str, Any]:
+    def full_frame(self, item: int, depth: bool = False) -> dict[str, Any]:
         """The whole ``width x height`` camera image of scene ``item`` (same randomisation knobs as its crop,
-        drawn at the full size): ``rgb`` ``(H, W, 3)`` uint8 and the scene's numpy fields (:meth:`scene`)."""
+        drawn at the full size): ``rgb`` ``(H, W, 3)`` uint8 and the scene's numpy fields (:meth:`scene`);
+        with ``depth``, also ``depth`` ``(H, W)`` float32 m of the object alone (:func:`depth_image`: 0
+        elsewhere; randomised distractors and occluders have none)."""
         s = self.scene(int(item))
-        s["rgb"] = self._render(self.frame_renderer, s["shape_index"], s["index"], s["rotation"], s["translation"],
-                                s["K_full"])
+        k = s["shape_index"]
+        s["rgb"] = self._render(self.frame_renderer, k, s["index"], s["rotation"], s["translation"], s["K_full"])
+        if depth:
+            c = self.config
+            s["depth"] = depth_image(self._meshes[k], s["rotation"], s["translation"], s["K_full"], c.width, c.height)
         return s
 
 
