@@ -14,7 +14,11 @@ as the checkpoint's training config renders them. Every estimate is made by
   depth, ``nominal_distance_m`` (1 m) along the box's ray;
 * ``i2s_box``: the same rotation with the translation from the box's size and the object's apparent
   size (:func:`pose_core.pinhole.translation_from_box`: the SpyroPose model's initial guess), to
-  show what the learned translation adds to it.
+  show what the learned translation adds to it;
+* ``spyropose_depth``, ``i2s_depth``: the same with an aligned depth image of the object
+  (:func:`pose_core.data.scenes.depth_image`, exact, no sensor noise): SpyroPose's crop is centred on
+  the median depth in the box (plus half the object's radius), Image2Sphere's translation is the
+  pipeline's back-projection of the box centre at that median depth.
 
 Reported per object and method: rotation error to the nearest equivalent (``acc@15``,
 ``median_deg``), translation error (``t_median_mm``, ``t_median_frac_distance``,
@@ -49,7 +53,7 @@ from bench import common  # noqa: E402
 
 DEFAULT_JSON = REPO / "docs" / "benchmarks" / "se3.json"
 DEFAULT_OBJECTS = ("duck=checkpoints/se3_duck.pt", "cube=checkpoints/se3_cube.pt")
-METHODS = ("spyropose", "i2s_nominal", "i2s_box")
+METHODS = ("spyropose", "i2s_nominal", "i2s_box", "spyropose_depth", "i2s_depth")
 
 
 def _heldout_scenes(checkpoint: dict, size: int):
@@ -113,7 +117,7 @@ def run_object(name: str, se3_path: Path, i2s_path: Path, n: int) -> dict[str, A
     acc: dict[str, dict[str, list]] = {m: {k: [] for k in ("err", "t", "ll", "in", "ms")} for m in METHODS}
     dist_true = []
     for i in range(len(scenes)):
-        frame = scenes.full_frame(i)
+        frame = scenes.full_frame(i, depth=True)
         rgb, K = frame["rgb"], np.asarray(frame["K_full"], np.float64)
         u, v, w, h = (float(x) for x in frame["box"])
         box = Box((u, v), (w, h))
@@ -121,9 +125,10 @@ def run_object(name: str, se3_path: Path, i2s_path: Path, n: int) -> dict[str, A
         t_true = np.asarray(frame["translation"], np.float64)
         R_eq = torch.as_tensor(R_true @ np.asarray(scenes.shape(0).symmetries))  # (E, 3, 3)
         dist_true.append(float(np.linalg.norm(t_true)))
-        for method, est in (("spyropose", se3), ("i2s_nominal", i2s)):
+        for method, est, depth in (("spyropose", se3, None), ("i2s_nominal", i2s, None),
+                                   ("spyropose_depth", se3, frame["depth"]), ("i2s_depth", i2s, frame["depth"])):
             t0 = time.perf_counter()
-            out = est.estimate(rgb, K, boxes=[box])
+            out = est.estimate(rgb, K, depth=depth, boxes=[box])
             ms = 1000 * (time.perf_counter() - t0)
             if not out.objects:
                 raise RuntimeError(f"{name} item {i}: {method} rejected the box: {out.rejected}")
@@ -131,10 +136,11 @@ def run_object(name: str, se3_path: Path, i2s_path: Path, n: int) -> dict[str, A
             R = so3.quat_to_matrix(torch.as_tensor(o.orientation))
             err = math.degrees(float(metrics.nearest_equivalent_error(R[None], R_eq[None])[0]))
             variants = [(method, o.translation, o.covariance[:3, :3])]
+            if method in ("i2s_nominal", "i2s_depth"):
+                log_rot = _i2s_rotation_log_density(est, rgb, K, box, R_eq)
             if method == "i2s_nominal":
                 t_box = pinhole.translation_from_box(K, (u, v), (w, h), obj.apparent_size_m)
                 variants.append(("i2s_box", t_box, None))
-                log_rot = _i2s_rotation_log_density(est, rgb, K, box, R_eq)
             for m, t_est, cov in variants:
                 a = acc[m]
                 a["err"].append(err)
@@ -144,6 +150,8 @@ def run_object(name: str, se3_path: Path, i2s_path: Path, n: int) -> dict[str, A
                     item = scenes[i]  # the very crop the pipeline made (tested): its distribution's log-density
                     dist = se3.model.predict(item["image"][None], item["K"][None], item["t_hat"][None])
                     a["ll"].append(float(metrics.se3_log_likelihood(dist, [R_eq], torch.as_tensor(t_true)[None])[0]))
+                elif method == "spyropose_depth":
+                    a["ll"].append(math.nan)  # (its crop is centred on the depth guess: not recomputed here)
                 elif cov is not None:
                     a["ll"].append(log_rot + _gaussian_log_density(t_true, np.asarray(t_est), cov))
                 else:

@@ -58,7 +58,7 @@ def test_se3_benchmark_quick(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     r = json.loads(out.read_text())
     rows = r["results"][0]["methods"]
-    assert set(rows) == {"spyropose", "i2s_nominal", "i2s_box"} and r["per_object"] == 8
+    assert set(rows) == {"spyropose", "i2s_nominal", "i2s_box", "spyropose_depth", "i2s_depth"} and r["per_object"] == 8
     for row in rows.values():
         assert row["n"] == 8 and 0 <= row["acc@15"] <= 1 and row["t_median_mm"] > 0
         assert row["ms_per_object"]["p50_ms"] > 0
