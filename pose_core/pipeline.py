@@ -526,12 +526,8 @@ class PoseEstimator:
         if box is None:
             center = ((width - 1) / 2, (height - 1) / 2)
             return pinhole.translation_from_nominal(self._settings.nominal_distance_m, K, center).translation
-        cu, cv = (float(x) for x in box.center)
-        w, h = (float(x) for x in box.size)
-        if not all(math.isfinite(x) for x in (cu, cv, w, h)) or w <= 0 or h <= 0:
-            raise ValueError(f"detection box must be finite with a positive size, got center {box.center!r}, "
-                             f"size {box.size!r}")
-        t_hat = pinhole.translation_from_box(K, (cu, cv), (w, h), obj.apparent_size_m)
+        t_hat = pinhole.translation_from_box(K, box.center, box.size, obj.apparent_size_m)  # checks the box
+        (cu, cv), (w, h) = box.center, box.size
         if depth is not None:
             region = (cu - w / 2, cv - h / 2, cu + w / 2, cv + h / 2)
             try:
