@@ -253,3 +253,67 @@ def test_workers_render_the_same_items_as_the_main_process():
     direct = collate([data[i] for i in range(6)])
     assert torch.equal(batch["image"], direct["image"])
     assert torch.equal(batch["rotation"], direct["rotation"])
+
+
+def test_bars_occluder_covers_what_was_asked(renderer, scene):
+    cfg = Randomization.off(occlusion_p=1.0, occlusion=[0.1, 0.8], occluder_bars_p=1.0)
+    errors = []
+    for k in range(20):
+        _, info = _compose(renderer, scene, cfg, (11, k))
+        assert info["occluder"] == "bars" and 0.1 <= info["occlusion"] <= 0.8
+        errors.append(abs(info["occluded"] - info["occlusion"]))
+    assert max(errors) <= 0.05, errors
+
+
+def test_bars_off_draws_what_it_drew_before(renderer, scene):
+    """occluder_bars_p = 0 (the default) adds no draw: the images of every config are unchanged.
+    Pinned against the same config with the field absent, and against the mesh / patch kinds."""
+    import dataclasses
+
+    for cfg in (Randomization(), Randomization.off(occlusion_p=1.0, occluder_mesh_p=0.5)):
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "occluder_bars_p"}
+        absent = Randomization(**fields)  # the field left at its default, as in every existing config
+        for k in range(6):
+            a, ia = _compose(renderer, scene, cfg, (2, k))
+            b, ib = _compose(renderer, scene, absent, (2, k))
+            c, ic = _compose(renderer, scene, dataclasses.replace(cfg, occluder_bars_p=0.0), (2, k))
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
+            assert ia == ib == ic and ia["occluder"] != "bars"
+    # and bars on do change the occluded images (negative control)
+    cfg = Randomization.off(occlusion_p=1.0, occlusion=[0.4, 0.4])
+    plain, _ = _compose(renderer, scene, cfg, (2, 0))
+    bars, info = _compose(renderer, scene, dataclasses.replace(cfg, occluder_bars_p=1.0), (2, 0))
+    assert info["occluder"] == "bars" and not np.array_equal(plain, bars)
+
+
+@pytest.mark.parametrize("kind", ["patch", "mesh", "bars", "none"])
+def test_masks_agree_with_the_reported_fraction(renderer, scene, kind):
+    cfg = Randomization.off(occlusion_p=0.0 if kind == "none" else 1.0, occlusion=[0.2, 0.7],
+                            occluder_mesh_p=1.0 if kind == "mesh" else 0.0,
+                            occluder_bars_p=1.0 if kind == "bars" else 0.0, backgrounds=["fractal"])
+    for k in range(3):
+        img, info = _compose_masks(renderer, scene, cfg, (8, k))
+        obj, occ = info["object_mask"], info["occluder_mask"]
+        assert obj.shape == occ.shape == (SIZE, SIZE) and obj.dtype == occ.dtype == np.float32
+        assert info["occluder"] == kind
+        assert 0 <= occ.min() and occ.max() <= 1 and 0 <= obj.min() and obj.max() <= 1
+        np.testing.assert_allclose((occ * obj).sum() / obj.sum(), info["occluded"], atol=1e-6)
+        np.testing.assert_array_equal(obj, renderer.render_layer(*scene)[..., 3])
+        if kind == "none":
+            assert info["occluded"] == 0.0 and not occ.any()
+        else:
+            assert info["occluded"] > 0.1
+        plain, plain_info = _compose(renderer, scene, cfg, (8, k))  # asking for masks changes nothing
+        np.testing.assert_array_equal(img, plain)
+        assert "object_mask" not in plain_info and plain_info["occluded"] == info["occluded"]
+
+
+def _compose_masks(renderer, scene, cfg, entropy):
+    mesh, R = scene
+    return compose(renderer, mesh, R, cfg, list(entropy), return_masks=True)
+
+
+def test_bars_probability_is_checked():
+    with pytest.raises(ValueError, match="randomize.occluder_bars_p"):
+        Randomization(occluder_bars_p=1.5)

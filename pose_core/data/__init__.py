@@ -63,3 +63,14 @@ __all__ = [
 from pose_core.data.bop import BopCamera, BopDataset, BopInstance, ObjectInfo, load_bop_model, read_models_info  # noqa: E402
 
 __all__ += ["BopCamera", "BopDataset", "BopInstance", "ObjectInfo", "load_bop_model", "read_models_info"]
+
+from pose_core.data.occluded_pascal3d import (  # noqa: E402
+    OCCLUDED_PASCAL3D_DIR,
+    OCCLUDED_PASCAL3D_LEVELS,
+    OccludedPascal3D,
+    read_occlusion_annotation,
+)
+from pose_core.data.occlusion import OCCLUDER_KINDS, OCCLUSION_LEVELS, OccludedRenders, occlusion_level  # noqa: E402
+
+__all__ += ["OCCLUDED_PASCAL3D_DIR", "OCCLUDED_PASCAL3D_LEVELS", "OccludedPascal3D", "read_occlusion_annotation",
+            "OCCLUDER_KINDS", "OCCLUSION_LEVELS", "OccludedRenders", "occlusion_level"]

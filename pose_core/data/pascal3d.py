@@ -310,10 +310,13 @@ def _mat_float(struct: Any, field: str, path: Path) -> float:
         raise ValueError(f"annotation {path}: field {field!r} must be one number, got {v!r}") from e
 
 
-def read_pascal3d_annotation(annotation_path: str | Path, image_path: str | Path) -> Pascal3DAnnotation | None:
+def read_pascal3d_annotation(
+    annotation_path: str | Path, image_path: str | Path, keep_flagged: bool = False
+) -> Pascal3DAnnotation | None:
     """The first object of a PASCAL3D+ ``.mat`` annotation, or ``None`` where the reference skips it.
 
-    Skipped: no viewpoint, no or zero ``distance``, occluded / truncated / difficult, empty box, or
+    Skipped: no viewpoint, no or zero ``distance``, occluded / truncated / difficult (unless
+    ``keep_flagged``, as NeMo's OccludedPASCAL3D+ evaluation keeps them), empty box, or
     a class outside :data:`PASCAL3D_CATEGORIES`. Raises :class:`FileNotFoundError` for a missing
     file and :class:`ValueError` naming the file for one that is not such an annotation.
     """
@@ -341,7 +344,7 @@ def read_pascal3d_annotation(annotation_path: str | Path, image_path: str | Path
     vp = viewpoint.reshape(-1)[0]
     if _mat_float(vp, "distance", path) == 0:
         return None
-    if any(_mat_float(obj, f, path) for f in ("occluded", "difficult", "truncated")):
+    if not keep_flagged and any(_mat_float(obj, f, path) for f in ("occluded", "difficult", "truncated")):
         return None
     try:
         bbox = np.asarray(obj["bbox"], dtype=np.float64).reshape(4)

@@ -5,7 +5,7 @@
 
     background (procedural or photo)  ->  distractors (other shapes, behind and beside)
       ->  the object (random lights, tint, intrinsics: shift / scale / distance of the crop)
-      ->  an occluder (a textured patch or a mesh) covering a controlled fraction of the object
+      ->  an occluder (a textured patch, a mesh or gripper-like bars) covering a controlled fraction of the object
       ->  sensor effects (white balance, brightness, contrast, saturation, gamma, blur, noise, JPEG)
 
 **Labels.** None of the knobs changes the label: the pose rotation ``R`` is that of the object in
@@ -22,7 +22,11 @@ has every knob off and renders exactly the plain image.
 **Occlusion control.** The occluder is placed by bisection along a random direction so that it
 covers ``f`` of the object's coverage (alpha-weighted pixels), ``f`` drawn from ``occlusion``;
 the achieved fraction is returned (``info["occluded"]``) and lies within 0.05 of ``f`` unless the
-object is smaller than a few pixels.
+object is smaller than a few pixels. Gripper-like bars (``occluder_bars_p``) are grown instead of slid:
+their fingers widen, then close their gap and lengthen, so the covered fraction grows monotonically
+and is bisected to ``f`` the same way. ``compose(..., return_masks=True)`` also returns the object's
+alpha and the placed occluder's alpha ``(H, W)`` float32 in [0, 1], with
+``info["occluded"] == sum(occluder * object) / sum(object)``.
 """
 
 from __future__ import annotations
@@ -78,8 +82,12 @@ class Randomization:
     * ``tint_p``, ``tint``: per-channel gain of the object's colours, ``1 ± tint``.
     * ``distractors``: how many other shapes (from ``distractor_shapes``, random pose, colour
       and size) behind and beside the object.
-    * ``occlusion_p``, ``occlusion``: fraction of the object covered; ``occluder_mesh_p``: a mesh
-      silhouette (else a flat or textured patch: rectangle, ellipse or triangle).
+    * ``occlusion_p``, ``occlusion``: fraction of the object covered; ``occluder_bars_p``: gripper-like
+      bars (two parallel fingers at a random angle, finger width and gap, joined by a palm bar
+      across one end with probability 0.6; flat metallic grey / dark with a sheen, or a procedural
+      texture); else ``occluder_mesh_p``: a mesh silhouette (of ``distractor_shapes``); else a flat
+      or textured patch (rectangle, ellipse or triangle). ``occluder_bars_p = 0`` (the default)
+      draws no extra random number, so configs without bars render exactly as before.
     * ``shift``: offset of the object from the crop centre, fraction of the crop side, magnitude
       range in a random direction; ``scale``: object size factor; ``distance``: object distance
       range (``None``: the camera's), the focal length following so that ``scale`` alone sets the
@@ -108,6 +116,7 @@ class Randomization:
     occlusion_p: float = 0.5
     occlusion: list[float] = field(default_factory=lambda: [0.05, 0.65])
     occluder_mesh_p: float = 0.3
+    occluder_bars_p: float = 0.0
     shift: list[float] = field(default_factory=lambda: [0.0, 0.2])
     scale: list[float] = field(default_factory=lambda: [0.65, 1.45])
     distance: list[float] | None = field(default_factory=lambda: [3.0, 8.0])
@@ -132,8 +141,8 @@ class Randomization:
                 raise ValueError(f"randomize.backgrounds: unknown kind {kind!r}; expected {backgrounds.KINDS}")
         if self.photo_split not in ("train", "heldout"):
             raise ValueError(f"randomize.photo_split must be train or heldout, got {self.photo_split!r}")
-        for name in ("lighting_p", "tint_p", "occlusion_p", "occluder_mesh_p", "color_p", "blur_p", "noise_p",
-                     "jpeg_p"):
+        for name in ("lighting_p", "tint_p", "occlusion_p", "occluder_mesh_p", "occluder_bars_p", "color_p",
+                     "blur_p", "noise_p", "jpeg_p"):
             _p(name, getattr(self, name))
         _pair("lights", self.lights, 1, 4)
         _pair("light_angle_deg", self.light_angle_deg, 0.0, 90.0)
@@ -252,21 +261,114 @@ def _patch_alpha(rng: np.random.Generator, H: int, W: int, size: float) -> np.nd
     return np.clip(0.5 - d, 0.0, 1.0)  # one-pixel anti-aliased edge
 
 
+def _cover1d(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Length of ``[lo, hi]`` inside the unit pixel ``[x - 0.5, x + 0.5]`` (0 where ``hi <= lo``)."""
+    return np.clip(np.minimum(hi, x + 0.5) - np.maximum(lo, x - 0.5), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Gripper:
+    """Gripper-like bars in their own frame: ``u`` along the fingers (palm end at ``u = 0``), ``v`` across.
+
+    Grown by one parameter ``p`` in [0, 1] (:meth:`alpha`): for ``p <= 1/2`` the fingers (and palm)
+    widen outward from the gap from 0 to ``width``; beyond, the gap closes and the bars lengthen and
+    thicken without bound. Each shape contains the previous one, so the covered fraction of any object
+    is non-decreasing in ``p``: 0 at ``p = 0`` (nothing drawn), the whole image at ``p = 1``.
+    """
+
+    length: float  # finger length at p <= 1/2, px
+    gap: float  # half the gap between the fingers, px
+    width: float  # finger width at p = 1/2, px
+    palm: bool  # a bar across the fingers at u = 0
+    big: float  # how far the shape grows past the fingers at p = 1, px
+
+    def alpha(self, p: float, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Coverage ``(H, W)`` float in [0, 1] of the bars grown to ``p``, at pixel coordinates ``(u, v)``."""
+        grow = max(0.0, 2.0 * p - 1.0)  # 0 up to p = 1/2
+        w = self.width * min(1.0, 2.0 * p) + grow * self.big
+        g_in = self.gap * (1.0 - grow)
+        g_out = self.gap + w
+        u_lo = 0.0 if self.palm else -grow * self.big
+        fingers = _cover1d(u, u_lo, self.length + grow * self.big) * (
+            _cover1d(v, g_in, g_out) + _cover1d(v, -g_out, -g_in))
+        if self.palm and w > 0:
+            fingers = fingers + _cover1d(u, -w, 0.0) * _cover1d(v, -g_out, g_out)
+        return np.minimum(fingers, 1.0)
+
+
+def _bars_fill(rng: np.random.Generator, H: int, W: int, angle: float) -> np.ndarray:
+    """Colour ``(H, W, 3)`` float32 of a gripper: flat metallic grey / dark with a sheen across the
+    fingers (probability 0.7), else a procedural texture."""
+    if rng.random() < 0.7:
+        grey = rng.uniform(0.08, 0.6)
+        base = (grey * (1.0 + rng.uniform(-0.06, 0.06, size=3))).astype(np.float32)
+        y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+        across = -x * math.sin(angle) + y * math.cos(angle)
+        period = rng.uniform(0.3, 1.0) * max(H, W)
+        sheen = 0.8 + 0.35 * np.cos(2 * math.pi * across / period + rng.uniform(0, 2 * math.pi))
+        return np.clip(base * sheen[..., None], 0.0, 1.0).astype(np.float32)
+    kind = str(rng.choice(["fractal", "stripes", "checkers"]))
+    return backgrounds.procedural(kind, rng, H, W).astype(np.float32) / 255.0
+
+
+def _bars_layer(rng: np.random.Generator, obj_alpha: np.ndarray, target: float, extent: float,
+                centre: tuple[float, float]) -> np.ndarray:
+    """A premultiplied gripper layer ``(H, W, 4)`` covering ``target`` of ``obj_alpha`` (bisection on its growth)."""
+    H, W = obj_alpha.shape
+    angle = rng.uniform(0, 2 * math.pi)  # direction of the fingers, from the palm end
+    grip = _Gripper(length=extent * rng.uniform(0.9, 1.6), gap=extent * rng.uniform(0.06, 0.25),
+                    width=extent * rng.uniform(0.15, 0.5), palm=bool(rng.random() < 0.6),
+                    big=2.0 * (extent + max(H, W)))
+    r, phi = extent * rng.uniform(0.0, 0.25), rng.uniform(0, 2 * math.pi)
+    # the middle of the gap sits near the object's centre
+    cy = centre[0] + r * math.sin(phi) - 0.5 * grip.length * math.sin(angle)
+    cx = centre[1] + r * math.cos(phi) - 0.5 * grip.length * math.cos(angle)
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    u = (x - cx) * math.cos(angle) + (y - cy) * math.sin(angle)
+    v = -(x - cx) * math.sin(angle) + (y - cy) * math.cos(angle)
+    total = float(obj_alpha.sum())
+
+    def covered(p: float) -> float:
+        return float((grip.alpha(p, u, v) * obj_alpha).sum() / total)
+
+    lo, hi = 0.0, 1.0
+    best_p, best_err = hi, abs(covered(hi) - target)
+    for _ in range(22):
+        mid = 0.5 * (lo + hi)
+        c = covered(mid)
+        if abs(c - target) < best_err:
+            best_p, best_err = mid, abs(c - target)
+        if c < target:
+            lo = mid
+        else:
+            hi = mid
+    alpha = grip.alpha(best_p, u, v).astype(np.float32)
+    fill = _bars_fill(rng, H, W, angle)
+    return np.concatenate([fill * alpha[..., None], alpha[..., None]], axis=-1)
+
+
 def _occlude(cfg: Randomization, rng: np.random.Generator, renderer: Renderer, obj_alpha: np.ndarray,
-             distractor_meshes: Sequence[Mesh], image: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Occlude ``image`` ``(H, W, 3)`` float: ``(image, asked fraction, achieved fraction)``."""
+             distractor_meshes: Sequence[Mesh], image: np.ndarray
+             ) -> tuple[np.ndarray, float, float, str, np.ndarray | None]:
+    """Occlude ``image`` ``(H, W, 3)`` float: ``(image, asked fraction, achieved fraction, occluder kind,
+    placed occluder alpha (H, W) or None)``; the kind is ``none``, ``patch``, ``mesh`` or ``bars``."""
     if not rng.random() < cfg.occlusion_p:
-        return image, 0.0, 0.0
+        return image, 0.0, 0.0, "none", None
     target = float(rng.uniform(*cfg.occlusion))
     H, W = image.shape[:2]
     total = float(obj_alpha.sum())
     if total < 1.0 or target <= 0.0:
-        return image, target, 0.0
+        return image, target, 0.0, "none", None
     ys, xs = np.nonzero(obj_alpha > 0.5)
     if len(ys) == 0:
-        return image, target, 0.0
+        return image, target, 0.0, "none", None
     cy, cx = _mass_centre(obj_alpha)
     extent = float(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
+    # no draw when bars are off: configs without them keep their random streams (and images)
+    if cfg.occluder_bars_p > 0 and rng.random() < cfg.occluder_bars_p:
+        placed = _bars_layer(rng, obj_alpha, target, extent, (cy, cx))
+        achieved = float((placed[..., 3] * obj_alpha).sum() / total)
+        return _over(placed, image), target, achieved, "bars", placed[..., 3]
     use_mesh = bool(distractor_meshes) and rng.random() < cfg.occluder_mesh_p
     if use_mesh:
         mesh = distractor_meshes[int(rng.integers(len(distractor_meshes)))]
@@ -280,10 +382,11 @@ def _occlude(cfg: Randomization, rng: np.random.Generator, renderer: Renderer, o
         else:
             fill = np.broadcast_to(rng.uniform(0, 1, size=3).astype(np.float32), (H, W, 3))
         layer = np.concatenate([fill * alpha[..., None], alpha[..., None]], axis=-1)
+    kind_name = "mesh" if use_mesh else "patch"
     # centre the occluder's own mass on the image centre, then slide it from the object's centroid
     la = layer[..., 3]
     if la.sum() < 1e-6:
-        return image, target, 0.0
+        return image, target, 0.0, "none", None
     oy, ox = _mass_centre(la)
     phi = rng.uniform(0, 2 * math.pi)
     dirv = (math.sin(phi), math.cos(phi))
@@ -319,7 +422,7 @@ def _occlude(cfg: Randomization, rng: np.random.Generator, renderer: Renderer, o
             hi = mid
     placed = place(best_t)
     achieved = float((placed[..., 3] * obj_alpha).sum() / total)
-    return _over(placed, image), target, achieved
+    return _over(placed, image), target, achieved, kind_name, placed[..., 3]
 
 
 def _color(cfg: Randomization, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -426,10 +529,17 @@ def compose(
     *,
     intrinsics: np.ndarray | None = None,
     translation: np.ndarray | None = None,
+    return_masks: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One randomised image ``(H, W, 3)`` uint8 of ``mesh`` at pose ``rotation`` ``(3, 3)`` and what was
     drawn (``info``: ``distance`` of the object, ``occlusion`` asked and ``occluded`` achieved fraction,
-    ``shift``, ``scale``). ``entropy``: the item's seed-sequence entropy (see :func:`knob_rng`).
+    ``occluder`` kind (``none``, ``patch``, ``mesh`` or ``bars``), ``shift``, ``scale``). ``entropy``: the
+    item's seed-sequence entropy (see :func:`knob_rng`).
+
+    ``return_masks``: ``info`` also holds ``object_mask`` ``(H, W)`` float32, the object's alpha
+    (anti-aliased coverage, distractors excluded), and ``occluder_mask`` ``(H, W)`` float32, the placed
+    occluder's alpha (zeros when there is none); ``info["occluded"]`` is
+    ``sum(occluder_mask * object_mask) / sum(object_mask)``. Asking for them changes no pixel.
 
     ``intrinsics`` and ``translation`` ``(3,)`` (given together): the camera and the object's place are
     the caller's (an SE(3) scene, :mod:`pose_core.data.scenes`); the crop knobs (``shift``, ``scale``,
@@ -464,11 +574,17 @@ def compose(
     image = _distractors(cfg, r["distractors"], renderer, image)
     image = _over(obj, image)
     meshes = _Resources.distractors(cfg.distractor_shapes) if cfg.distractor_shapes else []
-    image, asked, achieved = _occlude(cfg, r["occlusion"], renderer, obj[..., 3], meshes, image)
+    image, asked, achieved, occluder, occ_alpha = _occlude(cfg, r["occlusion"], renderer, obj[..., 3], meshes,
+                                                           image)
     image = _color(cfg, r["color"], image)
     image = _blur(cfg, r["blur"], image)
     image = _noise(cfg, r["noise"], image)
     out = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
     out = _jpeg(cfg, r["jpeg"], out)
-    info = {"distance": distance, "scale": scale, "shift": shift, "occlusion": asked, "occluded": achieved}
+    info: dict[str, Any] = {"distance": distance, "scale": scale, "shift": shift, "occlusion": asked,
+                            "occluded": achieved, "occluder": occluder}
+    if return_masks:
+        info["object_mask"] = np.ascontiguousarray(obj[..., 3], dtype=np.float32)
+        info["occluder_mask"] = (np.zeros((H, W), np.float32) if occ_alpha is None
+                                 else np.ascontiguousarray(occ_alpha, dtype=np.float32))
     return out, info
