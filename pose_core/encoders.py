@@ -63,6 +63,7 @@ __all__ = [
     "IMAGENET_STD",
     "PRETRAINED_ENCODERS",
     "Encoder",
+    "PyramidDecoder",
     "build_encoder",
     "pretrained_weights_path",
 ]
@@ -600,3 +601,25 @@ def build_encoder(name: str, pretrained: bool = False) -> Encoder:
     if pretrained:
         _load_pretrained(body, name)
     return Encoder(name, body, spec.out_channels, spec.mean, spec.std)
+
+
+class PyramidDecoder(nn.Module):
+    """FPN-style (U-Net) top-down decoder of :meth:`Encoder.pyramid` maps (finest first) into one dense map
+    ``(B, out_dim, h_0, w_0)`` at the finest given map's resolution (``H/4`` for all four maps, ``H/8``
+    without the first). ``channels``: the maps' channels (:attr:`Encoder.pyramid_channels`, or a tail of it)."""
+
+    def __init__(self, channels: tuple[int, ...], dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in channels)
+        self.smooth = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+            for _ in channels[:-1]
+        )
+        self.out = nn.Conv2d(dim, out_dim, 1)
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        x = self.lateral[-1](maps[-1])
+        for k in range(len(maps) - 2, -1, -1):
+            x = F.interpolate(x, size=maps[k].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.smooth[k](x + self.lateral[k](maps[k]))
+        return self.out(x)

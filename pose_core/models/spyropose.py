@@ -50,7 +50,7 @@ from torch import nn
 from pose_core import grids, preprocess
 from pose_core import translation_grid as tgrid
 from pose_core.distributions import SE3Distribution
-from pose_core.encoders import build_encoder
+from pose_core.encoders import PyramidDecoder, build_encoder
 
 __all__ = ["KIND", "SpyroPoseConfig", "ObjectModel", "SpyroPose", "farthest_points", "mesh_keypoints",
            "propose_children",
@@ -181,26 +181,6 @@ def _mlp(d_in: int, hidden: int) -> nn.Sequential:
                          nn.ReLU(inplace=True), nn.Linear(hidden, 1))
 
 
-class _UNetDecoder(nn.Module):
-    """FPN-style top-down decoder: pyramid maps (finest first) → ``(B, out_dim, H/4, W/4)``."""
-
-    def __init__(self, channels: tuple[int, ...], dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in channels)
-        self.smooth = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
-            for _ in channels[:-1]
-        )
-        self.out = nn.Conv2d(dim, out_dim, 1)
-
-    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        x = self.lateral[-1](maps[-1])
-        for k in range(len(maps) - 2, -1, -1):
-            x = F.interpolate(x, size=maps[k].shape[-2:], mode="bilinear", align_corners=False)
-            x = self.smooth[k](x + self.lateral[k](maps[k]))
-        return self.out(x)
-
-
 class SpyroPose(nn.Module):
     """Crops of one known object → :class:`~pose_core.distributions.SE3Distribution` (see the module docstring).
 
@@ -222,7 +202,7 @@ class SpyroPose(nn.Module):
         self.config = cfg
         self.object = obj if isinstance(obj, ObjectModel) else ObjectModel(**(obj or {}))
         self.encoder = build_encoder(cfg.encoder, pretrained=cfg.pretrained)
-        self.decoder = _UNetDecoder(self.encoder.pyramid_channels, cfg.decoder_dim, cfg.feature_dim)
+        self.decoder = PyramidDecoder(self.encoder.pyramid_channels, cfg.decoder_dim, cfg.feature_dim)
         d_in = cfg.num_keypoints * (cfg.feature_dim + 2)
         self.heads = nn.ModuleList(_mlp(d_in, cfg.hidden) for _ in range(cfg.levels))
         kp = torch.zeros(cfg.num_keypoints, 3) if keypoints is None else torch.as_tensor(keypoints, dtype=torch.float32)
