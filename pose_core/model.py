@@ -58,7 +58,8 @@ CHECKPOINT_FORMAT = "pose_distribution.image_to_sphere"
 #: ``kind`` of a checkpoint (absent in older ones: Image2Sphere). The format name predates other kinds.
 KIND_IMAGE_TO_SPHERE = "image_to_sphere"
 KIND_SPYROPOSE = "spyropose"
-MODEL_KINDS = (KIND_IMAGE_TO_SPHERE, KIND_SPYROPOSE)
+KIND_NEURAL_MESH = "neural_mesh"
+MODEL_KINDS = (KIND_IMAGE_TO_SPHERE, KIND_SPYROPOSE, KIND_NEURAL_MESH)
 
 
 @dataclass
@@ -344,13 +345,22 @@ def checkpoint_kind(payload: dict) -> str:
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
     """Checkpoint at ``path`` → its model in eval mode on ``device`` (``"auto"`` picks CUDA if present):
-    an :class:`ImageToSphere` (``model.pose_space == "so3"``) or a
-    :class:`pose_core.models.SpyroPose` (``"se3"``), as the checkpoint's ``kind`` says."""
+    an :class:`ImageToSphere` (``model.pose_space == "so3"``), a
+    :class:`pose_core.models.SpyroPose` (``"se3"``) or a :class:`pose_core.refine.NeuralMesh` (the
+    render-and-compare refiner, no ``pose_space``), as the checkpoint's ``kind`` says."""
     payload = read_checkpoint(path)
     try:
         kind = checkpoint_kind(payload)
     except ValueError as exc:
         raise ValueError(f"checkpoint {path}: {exc}") from exc
+    if kind == KIND_NEURAL_MESH:
+        from pose_core.refine.neural_mesh import NeuralMesh
+
+        try:
+            mesh_model = NeuralMesh.from_checkpoint_payload(payload)
+        except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+            raise ValueError(f"checkpoint {path} does not match the neural mesh model: {exc}") from exc
+        return mesh_model.to(resolve_device(device)).eval()
     if kind == KIND_SPYROPOSE:
         from pose_core.models.spyropose import SpyroPose
 

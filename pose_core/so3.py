@@ -168,9 +168,9 @@ def rotvec_to_matrix(omega: torch.Tensor) -> torch.Tensor:
     """Rotation vector ``(..., 3)`` (axis * angle, radians) to matrix ``exp([omega]_x)`` ``(..., 3, 3)``."""
     _check_trailing(omega, (3,), "omega")
     theta2 = (omega * omega).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
-    theta = theta2.sqrt()
     small = theta2 < 1e-8
-    safe = torch.where(small, torch.ones_like(theta), theta)
+    # sqrt only of the large ones: its gradient at 0 is infinite, and 0 * inf would poison the small branch
+    safe = torch.where(small, torch.ones_like(theta2), theta2).sqrt()
     a = torch.where(small, 1 - theta2 / 6, torch.sin(safe) / safe)
     b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(safe)) / (safe * safe))
     K = skew(omega)

@@ -23,6 +23,7 @@ from pose_core.data.randomize import Randomization
 from pose_core.data.scenes import SceneConfig
 from pose_core.model import MODEL_KINDS, ModelConfig
 from pose_core.models.spyropose import SpyroPoseConfig
+from pose_core.refine.neural_mesh import NeuralMeshConfig
 
 __all__ = [
     "MeshSpec",
@@ -168,7 +169,8 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     """One training run. ``kind``: the model trained (:data:`pose_core.model.MODEL_KINDS`): ``image_to_sphere``
-    (section ``model``) or ``spyropose`` (section ``spyropose``, with ``data.name: scenes``).
+    (section ``model``), ``spyropose`` (section ``spyropose``) or ``neural_mesh`` (section ``neural_mesh``, the
+    render-and-compare refiner of :mod:`pose_core.refine`); the last two train on ``data.name: scenes``.
     ``epochs`` or ``max_steps`` (the smaller bound wins when both are set);
     ``max_seconds`` also stops it (wall time of this run, with a final evaluation and checkpoint).
     ``init_from``: a checkpoint whose weights the run starts from (fine-tuning: fresh optimizer,
@@ -183,6 +185,7 @@ class TrainConfig:
     eval_data: DataConfig | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     spyropose: SpyroPoseConfig = field(default_factory=SpyroPoseConfig)
+    neural_mesh: NeuralMeshConfig = field(default_factory=NeuralMeshConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     epochs: int | None = 40
@@ -205,9 +208,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
-        if (self.kind == "spyropose") != (self.data.name == "scenes"):
-            raise ValueError(f"kind {self.kind!r} with data.name {self.data.name!r}: a spyropose model trains on "
-                             "data.name 'scenes' (SE(3) labels), and 'scenes' data trains only a spyropose model")
+        if (self.kind in ("spyropose", "neural_mesh")) != (self.data.name == "scenes"):
+            raise ValueError(f"kind {self.kind!r} with data.name {self.data.name!r}: spyropose and neural_mesh models "
+                             "train on data.name 'scenes' (SE(3) labels), and 'scenes' data trains only those")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.epochs is None and self.max_steps is None:

@@ -1,4 +1,5 @@
-"""Train a pose model: ImageToSphere (SO(3)) or SpyroPose (SE(3), ``kind: spyropose``).
+"""Train a pose model: ImageToSphere (SO(3)), SpyroPose (SE(3), ``kind: spyropose``) or the neural mesh of
+the render-and-compare refiner (``kind: neural_mesh``, :mod:`pose_core.refine`).
 
 Usage (from the repository root)::
 
@@ -51,8 +52,8 @@ from pose_core.models.spyropose import SpyroPose
 from train.config import TrainConfig, config_from_dict, config_to_dict, load_config
 from train.datasets import HELDOUT_SEED_OFFSET, build_dataset, collate, heldout_config, rendered_source
 
-__all__ = ["run", "main", "build_spyropose", "make_scheduler_lambda", "ResumableSampler", "checkpoint_path",
-           "hardware_info"]
+__all__ = ["run", "main", "build_spyropose", "build_neural_mesh", "make_scheduler_lambda", "ResumableSampler",
+           "checkpoint_path", "hardware_info"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -215,8 +216,11 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
 
     # ------------------------------------------------------------------ model, optimizer
     se3 = cfg.kind == "spyropose"
+    neural_mesh = cfg.kind == "neural_mesh"
     if se3:
         model: Any = build_spyropose(cfg, train_set).to(device)
+    elif neural_mesh:
+        model = build_neural_mesh(cfg, train_set).to(device)
     else:
         model = ImageToSphere(**dataclasses.asdict(cfg.model)).to(device)
         model.input_size = rendered_source(cfg.data).image_size  # in the checkpoint: predict and the node resize to it
@@ -264,7 +268,8 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
         ids = [device.index] if device.type == "cuda" else None
         # SpyroPose taps the encoder's pyramid: its last 1x1 head conv (kept for checkpoint compatibility with
         # the Image2Sphere encoders it starts from) gets no gradient
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=se3)
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                              find_unused_parameters=se3 or neural_mesh)
 
     # ------------------------------------------------------------------ logging
     writer = None
@@ -303,7 +308,7 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
         save_checkpoint(model, ckpt_file, meta=meta, **extra)
 
     def run_eval() -> dict | None:
-        if eval_set is None:
+        if eval_set is None or neural_mesh:  # the refiner is measured by bench/refine.py, not here
             return None
         from train.evaluate import evaluate, evaluate_se3
 
@@ -361,6 +366,12 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     loss, stats = ddp_model(images, batch["K"].to(device), batch["t_hat"].to(device), rotations,
                                             batch["translation"].to(device), generator=gen)
+            elif neural_mesh:
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
+                unit = 1.0 / model.object.radius_m  # metres -> the mesh's unit-sphere units
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss, stats = ddp_model(images, batch["K"].to(device), rotations,
+                                            batch["translation"].to(device) * unit, generator=gen)
             else:
                 loss = _loss(ddp_model, model, images, rotations, amp_dtype if use_amp else None)
             opt.zero_grad(set_to_none=True)
@@ -434,6 +445,20 @@ def build_spyropose(cfg: TrainConfig, train_set: Any) -> SpyroPose:
     return SpyroPose(m, obj, mesh_keypoints(triangles, m.num_keypoints))
 
 
+def build_neural_mesh(cfg: TrainConfig, train_set: Any) -> Any:
+    """A fresh :class:`pose_core.refine.NeuralMesh` for the one object of ``train_set`` (a ``SE3RenderDataset``):
+    its vertices from the unit-sphere mesh, its radius in metres from the scene."""
+    from pose_core.refine.neural_mesh import MeshObject, NeuralMesh, mesh_vertices
+
+    if len(train_set.shape_names) != 1:
+        raise ValueError(f"a neural mesh is for one object, the data has {train_set.shape_names}")
+    shape = train_set.shape(0)
+    obj = MeshObject(name=shape.name, radius_m=train_set.config.diameter_m / 2,
+                     symmetries=np.asarray(shape.symmetries).tolist())
+    vertices = mesh_vertices(np.asarray(shape.mesh.positions, dtype=np.float64), cfg.neural_mesh.num_vertices)
+    return NeuralMesh(cfg.neural_mesh, obj, vertices)
+
+
 def _init_encoder(model: Any, path: str) -> None:
     """Load the ``encoder.*`` weights of checkpoint ``path`` into ``model.encoder``; ValueError if they do not fit."""
     state = read_checkpoint(path)["state_dict"]
@@ -449,7 +474,7 @@ def _init_encoder(model: Any, path: str) -> None:
 def _init_weights(model: Any, cfg: TrainConfig) -> None:
     """Load the weights of ``cfg.init_from`` into ``model``; ValueError if its model config differs."""
     ckpt = read_checkpoint(cfg.init_from)  # type: ignore[arg-type]
-    want = dataclasses.asdict(cfg.spyropose if cfg.kind == "spyropose" else cfg.model)
+    want = dataclasses.asdict({"spyropose": cfg.spyropose, "neural_mesh": cfg.neural_mesh}.get(cfg.kind, cfg.model))
     have = dict(ckpt["config"])
     differ = {k: (have.get(k), v) for k, v in want.items() if k != "pretrained" and have.get(k) != v}
     if differ:
