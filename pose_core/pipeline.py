@@ -111,6 +111,9 @@ class EstimatorSettings:
             and the one nearest the track's previous mode is published (0: the densest always).
         track_timeout_s: a track not seen for longer is dropped (s); a stamp going backwards or
             jumping by more than this drops all.
+        refine: refine each object's rotation by render-and-compare (:mod:`pose_core.refine`) from the
+            distribution's ``refine_modes`` top modes, ``refine_steps`` Adam steps each; needs the
+            estimator's ``refiner`` (a :class:`~pose_core.refine.NeuralMesh` of the object). Rotation models only.
     """
 
     target_level: int = 5
@@ -126,6 +129,9 @@ class EstimatorSettings:
     filter_outlier_weight: float = 0.05
     continuity_tie_nats: float = 1.0
     track_timeout_s: float = 1.0
+    refine: bool = False
+    refine_modes: int = 4
+    refine_steps: int = 7
 
     def __post_init__(self) -> None:
         checks = {
@@ -142,6 +148,9 @@ class EstimatorSettings:
             "filter_outlier_weight": 0 < self.filter_outlier_weight < 1,
             "continuity_tie_nats": 0 <= self.continuity_tie_nats < math.inf,
             "track_timeout_s": 0 < self.track_timeout_s < math.inf,
+            "refine": isinstance(self.refine, (bool, np.bool_)),
+            "refine_modes": 1 <= self.refine_modes <= 64,
+            "refine_steps": 0 <= self.refine_steps <= 1000,
         }
         bad = [f"{name}={getattr(self, name)!r}" for name, ok in checks.items() if not ok]
         if bad:
@@ -232,7 +241,8 @@ class FrameEstimate:
         timings_ms: wall time of the steps (``crops``, ``model``, ``summary``, ``translation``,
             ``total``); on CUDA the model step is synchronised. Tracked frames add ``tracking``: building
             the priors and storing the tracks' posteriors (inside ``model`` and ``summary``; evaluating
-            the prior during the search is in ``model`` only).
+            the prior during the search is in ``model`` only). With ``settings.refine``: ``refine``, the
+            render-and-compare refinement of every object (inside ``summary``).
     """
 
     objects: list[ObjectEstimate] = field(default_factory=list)
@@ -251,13 +261,16 @@ class PoseEstimator:
         input_size: crop side fed to the model; default ``model.input_size`` (what the checkpoint
             was trained on), else :data:`FALLBACK_INPUT_SIZE`.
         seed: of the sampling generator (the samples of a frame are reproducible per estimator).
+        refiner: a :class:`~pose_core.refine.NeuralMesh` of the object, used when ``settings.refine`` is on
+            (``None``: refinement unavailable; set :attr:`refiner` later to enable it).
 
     Not thread-safe: call :meth:`estimate` from one thread (the node's worker).
     """
 
     def __init__(self, model: Any, settings: EstimatorSettings | None = None, input_size: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, refiner: Any = None):
         self.model = model
+        self.refiner = refiner
         self.input_size = int(input_size or getattr(model, "input_size", None) or FALLBACK_INPUT_SIZE)
         if self.input_size < 1:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")
@@ -334,6 +347,9 @@ class PoseEstimator:
                 frame.notes.append(("stamp", f"{reset}: tracks reset"))
 
         if getattr(self.model, "pose_space", "so3") == "se3":
+            if s.refine:
+                frame.notes.append(("refine", "refine applies to rotation models only: this SE(3) model's "
+                                              "estimates are not refined"))
             return self._estimate_se3(rgb, Km, depth, boxes, frame, t0)
 
         # 1-2. objects and their crops
@@ -394,6 +410,10 @@ class PoseEstimator:
             mode_radius=math.radians(s.mode_radius_deg), generator=self._generator,
             reference=reference, tie_nats=s.continuity_tie_nats,
         )
+        if s.refine:
+            t_ref = time.perf_counter()
+            summary = self._refine(rgb, objects, dist, corrections, summary, frame)
+            frame.timings_ms["refine"] = 1000 * (time.perf_counter() - t_ref)
         if tracking:
             t_track = time.perf_counter()
             self._update_tracks(tracks, objects, dist, corrections, summary, stamp_s)
@@ -540,6 +560,25 @@ class PoseEstimator:
         return t_hat
 
     # ------------------------------------------------------------------ steps
+    def _refine(self, rgb: np.ndarray, objects: list, dist: Any, corrections: torch.Tensor | None,
+                summary: Any, frame: FrameEstimate) -> Any:
+        """``summary`` with every object's rotation refined by render-and-compare (``settings.refine``)."""
+        from pose_core.refine import RefineSettings, canonical_intrinsics, refine
+        from pose_core.summary import with_refinement
+
+        if self.refiner is None:
+            frame.notes.append(("refine", "refine is on but no refiner (neural mesh) is loaded: not refined"))
+            return summary
+        s = self._settings
+        size = int(self.refiner.input_size)
+        crops = torch.cat([preprocess.crop_input(rgb, region, size) for _, _, region in objects])
+        # the crop is framed as the distribution's model sees it: the canonical crop camera, object at (0, 0, 4)
+        settings = RefineSettings(init="modes", num_modes=s.refine_modes, steps=s.refine_steps,
+                                  num_samples=s.num_samples)
+        result = refine(self.refiner, crops, canonical_intrinsics(size), dist, settings=settings,
+                        generator=self._generator)
+        return with_refinement(summary, result, dist, corrections)
+
     def _prior(self, tracks: list[Track | None], stamp_s: float, corrections: torch.Tensor | None
                ) -> DiffusedPrior | None:
         """The batch's prior from the tracks' previous posteriors; ``None`` when no object has one."""

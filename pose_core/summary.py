@@ -28,7 +28,7 @@ import torch
 from pose_core import so3
 from pose_core.distribution import SO3Distribution
 
-__all__ = ["RotationSummary", "summarize"]
+__all__ = ["RotationSummary", "summarize", "sample_covariance", "with_refinement"]
 
 
 @dataclass(frozen=True)
@@ -175,4 +175,58 @@ def summarize(
         mode_mass=mass.to(torch.float64).numpy(),
         mode_log_density=modes_logp.numpy(),
         mode_count=found.sum(1).numpy(),
+    )
+
+
+def sample_covariance(R: torch.Tensor, weights: torch.Tensor, about: torch.Tensor) -> torch.Tensor:
+    """Second moment ``(B, 3, 3)`` (rad²) of ``omega`` in ``R_i = exp([omega_i]x) @ about`` over weighted
+    rotations ``R`` ``(B, N, 3, 3)`` with ``weights`` ``(B, N)`` (summing to 1 per row), about ``(B, 3, 3)``:
+    the weighted-sample twin of :meth:`SO3Distribution.covariance <pose_core.distribution.SO3Distribution.covariance>`
+    (left perturbation, the frame ``R`` is in)."""
+    omega = so3.matrix_to_rotvec(R @ about[:, None].transpose(-1, -2))  # (B, N, 3)
+    cov = torch.einsum("bn,bni,bnj->bij", weights.to(omega.dtype), omega, omega)
+    return (cov + cov.transpose(-1, -2)) / 2
+
+
+def with_refinement(summary: RotationSummary, result, dist: SO3Distribution,
+                    corrections: torch.Tensor | np.ndarray | None = None) -> RotationSummary:
+    """``summary`` of ``dist`` with the render-and-compare refinement ``result``
+    (:class:`pose_core.refine.RefineResult`, one row per distribution, in the crops' frames) put in:
+
+    * ``orientation``: the refined hypothesis of highest posterior weight; ``max_log_density``: ``dist``'s
+      log-density there;
+    * ``modes``: the refined hypotheses by decreasing posterior weight, ``mode_mass`` those weights,
+      ``mode_log_density`` ``dist``'s log-density at them;
+    * ``samples`` / ``sample_weights``: the result's re-weighted samples (kept as they were when it has
+      none), and ``covariance``: their weighted second moment about the new orientation;
+    * ``entropy`` and ``mode_resolution``: still the distribution's (the refinement does not change them).
+
+    ``corrections`` ``(B, 3, 3)``: the crops' ``R_ray``, as given to :func:`summarize`."""
+    B = dist.batch_size
+    Rc = torch.eye(3, dtype=torch.float64).expand(B, 3, 3) if corrections is None else torch.as_tensor(
+        corrections, dtype=torch.float64)
+    dist = dist.to("cpu")
+    hyps = result.rotations.to(torch.float64)  # (B, M, 3, 3) crop frames
+    order = torch.argsort(result.log_weights, dim=1, descending=True)
+    hyps = torch.gather(hyps, 1, order[:, :, None, None].expand_as(hyps))
+    mass = torch.gather(result.log_weights.to(torch.float64), 1, order).exp()
+    logp = dist.log_prob(hyps.to(dist.log_mass.dtype)).to(torch.float64)
+    best = hyps[:, 0]
+    cam_best = Rc @ best
+    cam_hyps = Rc[:, None] @ hyps
+    samples, weights = summary.samples, summary.sample_weights
+    if result.samples.shape[1] > 0:
+        cam_samples = Rc[:, None] @ result.samples.to(torch.float64)
+        w = result.sample_weights.to(torch.float64)
+        samples, weights = so3.matrix_to_quat(cam_samples).numpy(), w.numpy()
+        cov = sample_covariance(cam_samples, w, cam_best)
+    else:
+        cov = sample_covariance(so3.quat_to_matrix(torch.as_tensor(summary.samples)),
+                                torch.as_tensor(summary.sample_weights), cam_best)
+    M = hyps.shape[1]
+    return RotationSummary(
+        orientation=so3.matrix_to_quat(cam_best).numpy(), covariance=cov.numpy(), samples=samples,
+        sample_weights=weights, entropy=summary.entropy, max_log_density=logp[:, 0].numpy(),
+        mode_resolution=summary.mode_resolution, modes=so3.matrix_to_quat(cam_hyps).numpy(),
+        mode_mass=mass.numpy(), mode_log_density=logp.numpy(), mode_count=np.full(B, M),
     )

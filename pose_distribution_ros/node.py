@@ -178,7 +178,31 @@ def build_estimator(values: Mapping[str, Any], log: Callable[[str], None]) -> tu
         model.use_backend(backend, threads=threads)
     except (RuntimeError, ValueError) as exc:
         raise StartupError(f"backend {backend!r}: {exc}") from exc
-    return PoseEstimator(model, estimator_settings, input_size=size), node_settings, checkpoint
+    estimator = PoseEstimator(model, estimator_settings, input_size=size)
+    if estimator_settings.refine:
+        estimator.refiner = load_refiner(str(values["refine_checkpoint"]), device, log)
+    return estimator, node_settings, checkpoint
+
+
+def load_refiner(path: str, device: str, log: Callable[[str], None]) -> Any:
+    """The neural mesh of checkpoint ``path`` (``refine_checkpoint``) on ``device``.
+
+    Raises:
+        StartupError: missing, unreadable, or not a neural mesh checkpoint.
+    """
+    from pose_core.model import load_model
+    from pose_core.refine import NeuralMesh
+
+    checkpoint = resolve_checkpoint(path)
+    try:
+        refiner = load_model(checkpoint, device=device)
+    except (FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as exc:
+        raise StartupError(f"cannot load refine_checkpoint {checkpoint} on device {device!r}: {exc}") from exc
+    if not isinstance(refiner, NeuralMesh):
+        raise StartupError(f"refine_checkpoint {checkpoint} holds a {getattr(refiner, 'kind', '?')} model, not a "
+                           "neural mesh (train one with train/train.py, kind neural_mesh)")
+    log(f"loaded refiner {checkpoint} ({refiner.describe()})")
+    return refiner
 
 
 def camera_info_problem(msg: CameraInfo) -> str | None:
@@ -289,6 +313,7 @@ class _PoseDistributionCore:
         self._gaps = transport.GapMonitor()
         self._latencies: deque[float] = deque(maxlen=100)  # image received -> outputs published (s)
         self._compute_times: deque[float] = deque(maxlen=100)  # frame taken from the slot -> published (s)
+        self._refine_times: deque[float] = deque(maxlen=100)  # the refinement's share of compute (s), when on
         self._done_times: deque[float] = deque(maxlen=100)
         self._counts = {"processed": 0, "bad_inputs": 0, "dropped_boxes": 0, "rejected_boxes": 0,
                         "rejected_camera_info": 0}  # fmt: skip
@@ -353,6 +378,13 @@ class _PoseDistributionCore:
             node_settings, estimator_settings = parameters.settings_from(values)
         except (ValueError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
+        if estimator_settings.refine and self._estimator.refiner is None:
+            try:  # first time on: load the neural mesh now (refused, with the reason, if it cannot be)
+                self._estimator.refiner = load_refiner(str(self.get_parameter("refine_checkpoint").value),
+                                                       str(self.get_parameter("device").value),
+                                                       self.get_logger().info)
+            except StartupError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
         self._node_settings = node_settings
         self._estimator.settings = estimator_settings
         return SetParametersResult(successful=True)
@@ -395,6 +427,7 @@ class _PoseDistributionCore:
         with self._lock:
             lat = sorted(self._latencies)
             compute = sorted(self._compute_times)
+            refine_times = sorted(self._refine_times)
             done = list(self._done_times)
             counts, last_error = dict(self._counts), self._last_error
         now = time.monotonic()
@@ -417,6 +450,8 @@ class _PoseDistributionCore:
             KeyValue(key="latency_ms_p90", value=pct(lat, 0.9)),
             KeyValue(key="compute_ms_p50", value=pct(compute, 0.5)),  # estimate + packing + publishing
             KeyValue(key="compute_ms_p90", value=pct(compute, 0.9)),
+            KeyValue(key="refine_ms_p50", value=pct(refine_times, 0.5)),  # the refinement's share (refine on)
+            KeyValue(key="refine_ms_p90", value=pct(refine_times, 0.9)),
             KeyValue(key="rate_hz", value=f"{rate:.2f}"),
             KeyValue(key="processed", value=str(counts["processed"])),
             KeyValue(key="dropped", value=str(self._slot.dropped)),
@@ -529,6 +564,8 @@ class _PoseDistributionCore:
             self._counts["processed"] += 1
             self._latencies.append(done - received)
             self._compute_times.append(done - started)
+            if "refine" in frame.timings_ms:
+                self._refine_times.append(frame.timings_ms["refine"] / 1000.0)
             self._done_times.append(done)
 
     def _report(self, frame: Any, num_boxes: int) -> None:

@@ -108,6 +108,18 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("track_timeout_s", _DEFAULTS.track_timeout_s,
               "A track not seen for longer (s) is reset; a stamp going backwards (a bag loop) or jumping by more "
               "resets all.", min=0.001, max=3600.0),
+    Parameter("refine", _DEFAULTS.refine,
+              "Refine each object's rotation by render-and-compare against a neural mesh of the object (NeMo-style, "
+              "robust to occlusion; pose_core.refine), from the distribution's refine_modes top modes; the samples "
+              "are re-weighted by the render-and-compare likelihood. Adds latency (refine_ms in /diagnostics). "
+              "Rotation models only."),
+    Parameter("refine_checkpoint", "checkpoints/refine_duck.pt",
+              "Neural mesh checkpoint of the object (train/train.py, kind neural_mesh), loaded when refine is "
+              "first on; paths as for checkpoint.", read_only=True),
+    Parameter("refine_modes", _DEFAULTS.refine_modes, "Top modes of the distribution refined in parallel.",
+              min=1, max=64),
+    Parameter("refine_steps", _DEFAULTS.refine_steps, "Adam steps of the refinement per mode (lr 0.05).",
+              min=0, max=1000),
     Parameter("max_crop_factor", 4.0,
               "A detection box whose crop side exceeds this multiple of the image's longer side is rejected "
               "(logged): a garbage box must not cost more than a frame.", min=1.0, max=100.0),
@@ -187,5 +199,8 @@ def settings_from(values: dict[str, Any]) -> tuple[NodeSettings, EstimatorSettin
         filter_outlier_weight=float(v["filter_outlier_weight"]),
         continuity_tie_nats=float(v["continuity_tie_nats"]),
         track_timeout_s=float(v["track_timeout_s"]),
+        refine=bool(v["refine"]),
+        refine_modes=int(v["refine_modes"]),
+        refine_steps=int(v["refine_steps"]),
     )
     return node, estimator

@@ -278,3 +278,66 @@ def test_contrastive_loss_trains(blob_model):
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < losses[0]
+
+
+def test_pipeline_refine_option(blob_model):
+    """``EstimatorSettings(refine=True)``: the published mode is the refined hypothesis of highest weight (in the
+    camera frame, viewing-ray corrected), the modes are the hypotheses, the refinement is timed; off: untouched."""
+    from pose_core.model import ImageToSphere
+    from pose_core.pipeline import Box, EstimatorSettings, PoseEstimator
+
+    torch.manual_seed(0)
+    i2s = ImageToSphere(encoder="resnet18", sphere_channels=32, hidden_channels=4).eval()
+    i2s.input_size = 64
+    rgb = np.random.default_rng(0).integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
+    K = np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]])
+    boxes = [Box((40.0, 60.0), (50.0, 50.0)), Box((110.0, 50.0), (40.0, 60.0))]
+    settings = EstimatorSettings(num_samples=16, target_level=3, temporal_filter=False)
+    plain = PoseEstimator(i2s, settings, seed=1).estimate(rgb, K, boxes=boxes)
+    assert "refine" not in plain.timings_ms
+    on = EstimatorSettings(num_samples=16, target_level=3, temporal_filter=False, refine=True, refine_modes=3,
+                           refine_steps=2)
+    missing = PoseEstimator(i2s, on, seed=1).estimate(rgb, K, boxes=boxes)
+    assert any(kind == "refine" for kind, _ in missing.notes)
+    est = PoseEstimator(i2s, on, seed=1, refiner=blob_model)
+    frame = est.estimate(rgb, K, boxes=boxes)
+    assert frame.timings_ms["refine"] > 0 and len(frame.objects) == 2
+    for o, p in zip(frame.objects, plain.objects, strict=True):
+        assert o.modes.shape == (3, 4) and np.allclose(np.linalg.norm(o.modes, axis=1), 1)
+        assert np.allclose(o.orientation, o.modes[0]) or np.allclose(o.orientation, -o.modes[0])
+        assert abs(o.sample_weights.sum() - 1) < 1e-5 and o.samples.shape == (16, 4)
+        assert np.all(np.linalg.eigvalsh(o.covariance[3:, 3:]) >= -1e-12)
+        assert o.mode_mass.sum() == pytest.approx(1.0, abs=1e-5) and np.all(np.diff(o.mode_mass) <= 1e-9)
+        assert o.entropy == p.entropy  # the distribution's, unchanged
+    with pytest.raises(ValueError):
+        EstimatorSettings(refine_modes=0)
+
+
+def test_with_refinement_puts_hypotheses_in_the_camera_frame():
+    from pose_core.distribution import SO3Distribution
+    from pose_core.refine import RefineResult
+    from pose_core.summary import summarize, with_refinement
+
+    dist = SO3Distribution.from_grid_logits(torch.randn(2, 72, generator=torch.Generator().manual_seed(0)), level=0)
+    Rc = so3.random_rotations(2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    summary = summarize(dist, Rc, num_samples=8, generator=torch.Generator().manual_seed(2))
+    hyps = so3.random_rotations(6, generator=torch.Generator().manual_seed(3)).reshape(2, 3, 3, 3)
+    log_w = torch.log_softmax(torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]]), dim=1)
+    samples = so3.random_rotations(10, generator=torch.Generator().manual_seed(4)).reshape(2, 5, 3, 3)
+    sw = torch.softmax(torch.randn(2, 5, generator=torch.Generator().manual_seed(5)), dim=1)
+    res = RefineResult(rotations=hyps, translations=torch.zeros(2, 3, 3), scores=torch.zeros(2, 3), log_weights=log_w,
+                       initial_rotations=hyps, rotation=hyps[:, 0], translation=torch.zeros(2, 3),
+                       score=torch.zeros(2), samples=samples, sample_weights=sw, prior_sample_weights=sw)
+    out = with_refinement(summary, res, dist, Rc)
+    best = torch.stack([hyps[0, 1], hyps[1, 0]]).double()  # the highest weights
+    R_out = so3.quat_to_matrix(torch.as_tensor(out.orientation))
+    assert torch.allclose(R_out, Rc @ best, atol=1e-6)
+    assert np.allclose(out.mode_mass[0], np.exp(log_w[0].numpy())[[1, 2, 0]], atol=1e-6)
+    assert np.allclose(out.sample_weights, sw.numpy()) and out.samples.shape == (2, 5, 4)
+    R_s = so3.quat_to_matrix(torch.as_tensor(out.samples))
+    assert torch.allclose(R_s, Rc[:, None] @ samples.double(), atol=1e-6)
+    # covariance: the weighted second moment about the new mode, recomputed here by hand
+    omega = so3.matrix_to_rotvec(R_s @ R_out[:, None].transpose(-1, -2))
+    cov = torch.einsum("bn,bni,bnj->bij", sw.double(), omega, omega)
+    assert np.allclose(out.covariance, cov.numpy(), atol=1e-9)
+    assert np.array_equal(out.entropy, summary.entropy)

@@ -88,7 +88,7 @@ class NeuralMeshConfig:
     num_vertices: int = 512
     clutter: int = 32
     kappa: float = 12.0
-    sigma_scale: float = 0.7
+    sigma_scale: float = 0.5
     opacity: float = 0.9
     exclusion: float = 1.5
     background_samples: int = 64

@@ -173,8 +173,9 @@ def refine(model: NeuralMesh, image: torch.Tensor | np.ndarray, K: torch.Tensor 
         image: the crop(s): ``(3, S, S)`` / ``(B, 3, S, S)`` float in [0, 1] or uint8 ``(S, S, 3)`` numpy; resized
             to ``model.input_size``.
         K: ``(3, 3)`` or ``(B, 3, 3)`` intrinsics of ``image`` (pixels, centres at integers).
-        init: an ``SO3Distribution`` with ``B`` rows (``init`` modes and samples come from it), or initial
-            rotations ``(M, 3, 3)`` / ``(B, M, 3, 3)`` (then ``settings.init`` ``"modes"`` uses them as they are).
+        init: an ``SO3Distribution`` with ``B`` rows (``init`` modes and samples come from it), initial
+            rotations ``(M, 3, 3)`` / ``(B, M, 3, 3)`` (then ``settings.init`` ``"modes"`` uses them as they are),
+            or ``None`` with ``settings.init == "grid"`` (NeMo: the grid alone).
         translation: ``(3,)`` or ``(B, 3)`` initial translation (object units); default ``(0, 0, 4)``, the crop
             framing of the training renders.
         settings: :class:`RefineSettings`; generator: draws the distribution's samples.
@@ -233,7 +234,10 @@ def refine_on_features(model: NeuralMesh, feats: torch.Tensor, K_map: torch.Tens
     # hypotheses
     evaluations = 0
     hyps: list[torch.Tensor] = []
-    if dist is None:
+    if dist is None and init is None:
+        if s.init != "grid":
+            raise ValueError(f"init None needs settings.init 'grid', got {s.init!r}")
+    elif dist is None:
         R_init = torch.as_tensor(init, dtype=torch.float32)
         if R_init.ndim == 3:
             R_init = R_init.expand(B, *R_init.shape)
