@@ -370,8 +370,10 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
                 unit = 1.0 / model.object.radius_m  # metres -> the mesh's unit-sphere units
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    occ = batch.get("occluder_mask")
                     loss, stats = ddp_model(images, batch["K"].to(device), rotations,
-                                            batch["translation"].to(device) * unit, generator=gen)
+                                            batch["translation"].to(device) * unit, generator=gen,
+                                            occluder_mask=None if occ is None else occ.to(device))
             else:
                 loss = _loss(ddp_model, model, images, rotations, amp_dtype if use_amp else None)
             opt.zero_grad(set_to_none=True)
@@ -476,11 +478,17 @@ def _init_weights(model: Any, cfg: TrainConfig) -> None:
     ckpt = read_checkpoint(cfg.init_from)  # type: ignore[arg-type]
     want = dataclasses.asdict({"spyropose": cfg.spyropose, "neural_mesh": cfg.neural_mesh}.get(cfg.kind, cfg.model))
     have = dict(ckpt["config"])
-    differ = {k: (have.get(k), v) for k, v in want.items() if k != "pretrained" and have.get(k) != v}
+    # a neural mesh may change how it renders and trains (sigma, kappa, ...), not what its weights are
+    keys = NEURAL_MESH_ARCHITECTURE if cfg.kind == "neural_mesh" else tuple(k for k in want if k != "pretrained")
+    differ = {k: (have.get(k), want[k]) for k in keys if have.get(k) != want[k]}
     if differ:
         raise ValueError(f"init_from {cfg.init_from}: its model config differs from this run's "
                          f"(key: checkpoint, run): {differ}")
     model.load_state_dict(ckpt["state_dict"], strict=True)
+
+
+#: The fields of a neural mesh config its weights depend on (``init_from`` must agree on these).
+NEURAL_MESH_ARCHITECTURE = ("encoder", "feature_dim", "decoder_dim", "stride", "num_vertices", "clutter", "input_size")
 
 
 def _check_training_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:

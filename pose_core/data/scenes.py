@@ -214,7 +214,9 @@ class SE3RenderDataset(Dataset):
     the detector's box), ``box`` and ``true_box`` ``(4,)`` ``(u, v, w, h)`` px in the full image, ``K_full``
     ``(3, 3)``, ``image_size_full`` ``(2,)`` ``(W, H)``, ``region`` ``(4,)`` int64 the crop in the full
     image, ``equivalents`` ``(E, 3, 3)`` (the truth times the symmetries), ``shape`` str.
-    ``image_size_full`` and ``region`` are int64. Without rendering: :meth:`scene` (the drawn numbers);
+    ``image_size_full`` and ``region`` are int64. ``occluder_mask`` ``(S, S)``: the share of each crop pixel the
+    randomisation's occluder covers (zeros without one), for models that must not learn the occluder as the object.
+    Without rendering: :meth:`scene` (the drawn numbers);
     :meth:`crop` gives the crop as uint8 pixels, :meth:`full_frame` the camera image (and depth).
     """
 
@@ -300,20 +302,24 @@ class SE3RenderDataset(Dataset):
                 "region": np.asarray(region, np.int64), "K": K_crop, "shape_index": k, "index": index}
 
     def _render(self, renderer: Renderer, k: int, index: int, R: np.ndarray, t: np.ndarray,
-                K: np.ndarray) -> np.ndarray:
+                K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The image ``(H, W, 3)`` uint8 and the randomisation's occluder mask ``(H, W)`` float32 (zeros: none)."""
         c = self.config
         if c.randomization is None:
-            return renderer.render(self._meshes[k], R, intrinsics=K, translation=t)
+            img = renderer.render(self._meshes[k], R, intrinsics=K, translation=t)
+            return img, np.zeros(img.shape[:2], np.float32)
         entropy = [self.seed, zlib.crc32(self.shape_names[k].encode()), index, zlib.crc32(b"randomize")]
-        img, _ = compose(renderer, self._meshes[k], R, c.randomization, entropy, intrinsics=K, translation=t)
-        return img
+        img, info = compose(renderer, self._meshes[k], R, c.randomization, entropy, intrinsics=K, translation=t,
+                            return_masks=True)
+        return img, info["occluder_mask"]
 
     def crop(self, item: int) -> tuple[np.ndarray, dict[str, Any]]:
         """The model's crop ``(S, S, 3)`` uint8 of scene ``item`` (black where it lies outside the camera
         image) and the scene (:meth:`scene`)."""
         s = self.scene(int(item))
         c = self.config
-        img = self._render(self.crop_renderer, s["shape_index"], s["index"], s["rotation"], s["translation"], s["K"])
+        img, s["occluder_mask"] = self._render(self.crop_renderer, s["shape_index"], s["index"], s["rotation"],
+                                               s["translation"], s["K"])
         u0, v0, u1, _ = (int(x) for x in s["region"])
         wx = _inside_image(u0, u1 - u0, c.crop_size, c.width)
         wy = _inside_image(v0, u1 - u0, c.crop_size, c.height)
@@ -340,6 +346,7 @@ class SE3RenderDataset(Dataset):
             "region": torch.as_tensor(s["region"]),
             "equivalents": torch.as_tensor(np.asarray(eq), dtype=f32),
             "shape": self.shape_names[k],
+            "occluder_mask": torch.as_tensor(s["occluder_mask"], dtype=f32),
         }
 
     def full_frame(self, item: int, depth: bool = False) -> dict[str, Any]:
@@ -349,7 +356,8 @@ class SE3RenderDataset(Dataset):
         elsewhere; randomised distractors and occluders have none)."""
         s = self.scene(int(item))
         k = s["shape_index"]
-        s["rgb"] = self._render(self.frame_renderer, k, s["index"], s["rotation"], s["translation"], s["K_full"])
+        s["rgb"], s["occluder_mask_full"] = self._render(self.frame_renderer, k, s["index"], s["rotation"],
+                                                         s["translation"], s["K_full"])
         if depth:
             c = self.config
             s["depth"] = depth_image(self._meshes[k], s["rotation"], s["translation"], s["K_full"], c.width, c.height)

@@ -12,10 +12,11 @@ normalises it (unit bounding sphere); translations are in those units (``radius_
 * **Features**: MobileNetV2 pyramid → :class:`pose_core.encoders.PyramidDecoder` → ``feature_dim``
   channels at ``1 / stride`` of the input (4 or 8; NeMo: 8 on larger images), unit length per pixel.
 * **Training** (:meth:`NeuralMesh.forward`, contrastive): the feature where a *visible* vertex projects
-  (ground-truth pose, visibility from :func:`~pose_core.refine.render.vertex_visibility`) must pick that
-  vertex among all vertices and the clutter bank (softmax with concentration ``kappa``; vertices within
-  ``exclusion`` spacings of it are neither positive nor negative); a background pixel must pick the
-  clutter bank rather than any vertex.
+  (ground-truth pose, visibility from :func:`~pose_core.refine.render.vertex_visibility`, and not under
+  the data's occluder mask when it has one) must pick that vertex among all vertices and the clutter
+  bank (softmax with concentration ``kappa``; vertices within ``exclusion`` spacings of it are neither
+  positive nor negative); a background pixel (an occluder's included) must pick the clutter bank rather
+  than any vertex.
 * **Score** (:meth:`NeuralMesh.score`, NeMo's render-and-compare objective): with ``phi_q`` the image
   feature at pixel ``q``, ``F_q`` and ``A_q`` the rendered feature and coverage of a pose, and
   ``c_q = max_m phi_q . c_m`` the clutter similarity, each pixel is explained by the object where the
@@ -240,13 +241,16 @@ class NeuralMesh(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, images: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                generator: torch.Generator | None = None,
+                occluder_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Contrastive training loss of a batch (module docstring).
 
         Args:
             images: ``(B, 3, S, S)`` RGB in [0, 1]; K: ``(B, 3, 3)`` their intrinsics (image pixels).
             R, t: ``(B, 3, 3)``, ``(B, 3)`` the true poses (object units).
             generator: draws the background pixels.
+            occluder_mask: ``(B, S, S)`` in [0, 1], what an occluder hides (the data's): a vertex under it is
+                not a positive, and its pixels count as background, so that the clutter bank learns occluders.
 
         Returns:
             ``(loss, stats)``: the scalar loss and its parts (``vertex``, ``background``, ``visible``).
@@ -261,6 +265,13 @@ class NeuralMesh(nn.Module):
             vis = vertex_visibility(V, R.to(feats.dtype), t.to(feats.dtype), K_map, self.sigma, cfg.opacity)
             inside = (uv[..., 0] > -0.5) & (uv[..., 0] < w - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < h - 0.5)
             visible = (vis > 0.5) & inside & front  # (B, V)
+            occ = None
+            if occluder_mask is not None:
+                occ = F.adaptive_avg_pool2d(occluder_mask.to(feats.dtype)[:, None], (h, w))[:, 0]  # (B, h, w)
+                px = uv.round().long()
+                px_u, px_v = px[..., 0].clamp(0, w - 1), px[..., 1].clamp(0, h - 1)
+                under = occ[torch.arange(B, device=occ.device)[:, None], px_v, px_u] > 0.5
+                visible &= ~under
             cover = splat(V, torch.zeros(len(V), 1, dtype=V.dtype, device=V.device), R.to(feats.dtype),
                           t.to(feats.dtype), K_map, (h, w), self.sigma, cfg.opacity).coverage  # (B, h, w)
         grid = torch.stack(((uv[..., 0] + 0.5) * 2 / w - 1, (uv[..., 1] + 0.5) * 2 / h - 1), -1)  # (B, V, 2)
@@ -278,7 +289,10 @@ class NeuralMesh(nn.Module):
         n_vis = visible.sum().clamp(min=1)
         loss_v = (ce * visible).sum() / n_vis
         # background pixels: clutter, not any vertex
-        bg = (cover < 0.02).reshape(B, -1)  # (B, P)
+        bg = cover < 0.02
+        if occ is not None:
+            bg |= occ > 0.5
+        bg = bg.reshape(B, -1)  # (B, P)
         scores = torch.rand(bg.shape, generator=generator, device=bg.device if generator is None else "cpu")
         scores = scores.to(bg.device).masked_fill(~bg, -1.0)
         k = min(cfg.background_samples, h * w)
