@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from train.datasets import resolve_mesh_path
 
     shape = mesh_shape(resolve_mesh_path(args.mesh), name="duck")
-    ours = RefineSettings(init="modes", num_modes=args.modes, steps=args.steps, lr=args.lr,
-                          decay_every=args.decay_every, lr_decay=args.lr_decay, num_samples=0)
-    ours_both = RefineSettings(init="both", num_modes=args.modes, steps=args.steps, lr=args.lr,
+    ours = RefineSettings(init="modes", num_modes=args.modes, mode_radius_deg=args.mode_radius, steps=args.steps,
+                          lr=args.lr, decay_every=args.decay_every, lr_decay=args.lr_decay, num_samples=0)
+    ours_both = RefineSettings(init="both", num_modes=args.modes, mode_radius_deg=args.mode_radius, steps=args.steps,
+                               lr=args.lr,
                                decay_every=args.decay_every, lr_decay=args.lr_decay, num_samples=0)
     nemo = RefineSettings.nemo(num_samples=0)
     levels = [int(x) for x in args.levels]
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "ours" in args.methods and args.samples > 0:
                 t0 = time.perf_counter()
                 res = refine(nm, img, K, dist, translation=t, settings=RefineSettings(
-                    init="modes", num_modes=args.modes, steps=0, num_samples=args.samples), generator=gen)
+                    init="modes", num_modes=args.modes, mode_radius_deg=args.mode_radius, steps=0,
+                    num_samples=args.samples), generator=gen)
                 reweight_ms.append(1000 * (time.perf_counter() - t0))
             if args.verbose:
                 print(f"L{level} {i:3d} occ {occluded[-1]:.2f} {item['occluder']:6s} " + "  ".join(
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128, help="image side (px)")
     p.add_argument("--seed", type=int, default=20261203, help="data seed (held out: training uses others)")
     p.add_argument("--modes", type=int, default=4)
+    p.add_argument("--mode-radius", type=float, default=45.0, help="separation of the modes (deg)")
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--decay-every", type=int, default=100)
