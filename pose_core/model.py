@@ -343,6 +343,13 @@ def checkpoint_kind(payload: dict) -> str:
     return kind
 
 
+#: Kinds whose class rebuilds itself (``from_checkpoint_payload``): ``kind -> (module, class, name in errors)``.
+_PAYLOAD_MODELS = {
+    KIND_SPYROPOSE: ("pose_core.models.spyropose", "SpyroPose", "SpyroPose"),
+    KIND_NEURAL_MESH: ("pose_core.refine.neural_mesh", "NeuralMesh", "neural mesh"),
+}
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
     """Checkpoint at ``path`` → its model in eval mode on ``device`` (``"auto"`` picks CUDA if present):
     an :class:`ImageToSphere` (``model.pose_space == "so3"``), a
@@ -353,22 +360,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> A
         kind = checkpoint_kind(payload)
     except ValueError as exc:
         raise ValueError(f"checkpoint {path}: {exc}") from exc
-    if kind == KIND_NEURAL_MESH:
-        from pose_core.refine.neural_mesh import NeuralMesh
+    if kind in _PAYLOAD_MODELS:  # a model that rebuilds itself from its payload (pose_core.models, pose_core.refine)
+        import importlib
 
+        module, name, what = _PAYLOAD_MODELS[kind]
+        cls = getattr(importlib.import_module(module), name)
         try:
-            mesh_model = NeuralMesh.from_checkpoint_payload(payload)
+            other = cls.from_checkpoint_payload(payload)
         except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-            raise ValueError(f"checkpoint {path} does not match the neural mesh model: {exc}") from exc
-        return mesh_model.to(resolve_device(device)).eval()
-    if kind == KIND_SPYROPOSE:
-        from pose_core.models.spyropose import SpyroPose
-
-        try:
-            se3_model = SpyroPose.from_checkpoint_payload(payload)
-        except (TypeError, ValueError, RuntimeError, KeyError) as exc:
-            raise ValueError(f"checkpoint {path} does not match the SpyroPose model: {exc}") from exc
-        return se3_model.to(resolve_device(device)).eval()
+            raise ValueError(f"checkpoint {path} does not match the {what} model: {exc}") from exc
+        return other.to(resolve_device(device)).eval()
     try:
         model = ImageToSphere(**payload["config"])
         model.load_state_dict(payload["state_dict"], strict=True)

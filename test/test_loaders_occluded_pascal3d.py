@@ -5,11 +5,11 @@ PASCAL3D+ release's ImageNet val list and ``.mat`` records (written as test_load
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
 from PIL import Image
 
@@ -28,6 +28,9 @@ from pose_core.data.pascal3d import (
     perspective_crop,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # independent of pytest's import mode
+from test_loaders_pascal3d import write_mat as _write_mat  # noqa: E402
+
 W, H = 160, 120
 VIEW = {"azimuth": 40.0, "elevation": 10.0, "theta": -4.0, "distance": 6.0, "focal": 1.0, "viewport": 200.0,
         "px": 80.0, "py": 62.0}  # fmt: skip
@@ -42,14 +45,8 @@ def _obj(cls: str, view: dict | None, truncated: int = 0) -> dict:
 
 
 def write_mat(path: Path, objects: list[dict]) -> None:
-    """A PASCAL3D+ annotation: struct ``record`` with a 1 x N struct array ``objects``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(objects[0])
-    arr = np.empty((1, len(objects)), dtype=[(f, object) for f in fields])
-    for i, o in enumerate(objects):
-        for f in fields:
-            arr[0, i][f] = o[f]
-    scipy.io.savemat(str(path), {"record": {"filename": path.stem + ".JPEG", "objects": arr}})
+    """A PASCAL3D+ annotation of an ImageNet image (test_loaders_pascal3d's writer)."""
+    _write_mat(path, objects, image_suffix=".JPEG")
 
 
 def masks() -> tuple[np.ndarray, np.ndarray]:

@@ -113,7 +113,7 @@ def _obj(cls: str, bbox, view: dict[str, float] | None, occluded=0, truncated=0,
             "occluded": float(occluded), "truncated": float(truncated), "difficult": float(difficult)}  # fmt: skip
 
 
-def write_mat(path: Path, objects: list[dict]) -> None:
+def write_mat(path: Path, objects: list[dict], image_suffix: str = ".jpg") -> None:
     """A PASCAL3D+ annotation: struct ``record`` with a 1 x N struct array ``objects``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(objects[0])
@@ -121,7 +121,7 @@ def write_mat(path: Path, objects: list[dict]) -> None:
     for i, o in enumerate(objects):
         for f in fields:
             arr[0, i][f] = o[f]
-    scipy.io.savemat(str(path), {"record": {"filename": path.stem + ".jpg", "objects": arr}})
+    scipy.io.savemat(str(path), {"record": {"filename": path.stem + image_suffix, "objects": arr}})
 
 
 def write_image(path: Path, arr: np.ndarray) -> None:
