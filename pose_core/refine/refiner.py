@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from pose_core import so3
+from pose_core import preprocess, so3
 from pose_core.refine.neural_mesh import CANONICAL_DISTANCE, NeuralMesh
 from pose_core.refine.render import map_intrinsics
 
@@ -138,9 +138,7 @@ def nemo_grid(dtype: torch.dtype = torch.float32) -> torch.Tensor:
 def _images(image: torch.Tensor | np.ndarray) -> torch.Tensor:
     """``(B, 3, S, S)`` float32 in [0, 1] from a tensor ``(3, S, S)`` / ``(B, 3, S, S)`` or numpy ``(S, S, 3)``."""
     if isinstance(image, np.ndarray):
-        from pose_core.preprocess import to_tensor
-
-        image = to_tensor(image)
+        image = preprocess.to_tensor(image)
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"image must be a tensor or an array, got {type(image).__name__}")
     x = image[None] if image.ndim == 3 else image
@@ -195,15 +193,11 @@ def refine(model: NeuralMesh, image: torch.Tensor | np.ndarray, K: torch.Tensor 
     if not torch.isfinite(x).all():
         raise ValueError("image is not finite")
 
-    # features of the crop at the model's input size; intrinsics of its map
+    # features of the crop at the model's input size (resized as the pipeline resizes model inputs); the map's
+    # intrinsics: image -> input -> map are two resizes, one of S / w image pixels per map pixel
     with torch.no_grad():
-        xin = x.to(dev)
-        if S != model.input_size:
-            xin = torch.nn.functional.interpolate(xin, size=(model.input_size,) * 2, mode="bilinear",
-                                                  align_corners=False, antialias=True)
-        feats = model.features(xin)  # (B, D, h, w)
-    w = feats.shape[-1]
-    K_map = map_intrinsics(map_intrinsics(Kb.to(dev), S / model.input_size), model.input_size / w)
+        feats = model.features(preprocess.resize(x, model.input_size).to(dev))  # (B, D, h, w)
+    K_map = map_intrinsics(Kb.to(dev), S / feats.shape[-1])
     ms = 1000 * (time.perf_counter() - t_start)
     result = refine_on_features(model, feats, K_map, init, t0, s, generator)
     result.timings_ms["features"] = ms
@@ -266,23 +260,17 @@ def refine_on_features(model: NeuralMesh, feats: torch.Tensor, K_map: torch.Tens
     dt = torch.zeros(B, M, 3, device=dev, requires_grad=s.refine_translation)
     params = [omega, dt] if s.refine_translation else [omega]
     opt = torch.optim.Adam(params, lr=s.lr)
-    frozen = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        for step in range(s.steps):
-            if step and step % s.decay_every == 0:
-                for g in opt.param_groups:
-                    g["lr"] *= s.lr_decay
-            R = so3.rotvec_to_matrix(omega) @ R0
-            score = model.score(feats, clutter, R, T0 + dt, K_map, chunk=max(s.chunk, B * M))
-            loss = (1.0 - score).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    finally:
-        for p, f in zip(model.parameters(), frozen, strict=True):
-            p.requires_grad_(f)
+    for step in range(s.steps):
+        if step and step % s.decay_every == 0:
+            for g in opt.param_groups:
+                g["lr"] *= s.lr_decay
+        R = so3.rotvec_to_matrix(omega) @ R0
+        score = model.score(feats, clutter, R, T0 + dt, K_map, chunk=max(s.chunk, B * M))
+        # gradients of the pose parameters only: the model's weights are neither differentiated nor touched
+        grads = torch.autograd.grad((1.0 - score).sum(), params)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
     iterations = s.steps * B * M
     evaluations += iterations
     with torch.no_grad():
