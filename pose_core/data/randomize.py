@@ -296,6 +296,22 @@ class _Gripper:
         return np.minimum(fingers, 1.0)
 
 
+def _bisect(covered: Any, lo: float, hi: float, start: float, target: float, steps: int, increasing: bool) -> float:
+    """The parameter in ``[lo, hi]`` whose ``covered(p)`` came closest to ``target`` over ``steps`` halvings
+    (``start`` first), ``covered`` monotone in ``p`` (``increasing`` or not)."""
+    best, best_err = start, abs(covered(start) - target)
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        c = covered(mid)
+        if abs(c - target) < best_err:
+            best, best_err = mid, abs(c - target)
+        if (c < target) if increasing else (c > target):
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
 def _bars_fill(rng: np.random.Generator, H: int, W: int, angle: float) -> np.ndarray:
     """Colour ``(H, W, 3)`` float32 of a gripper: flat metallic grey / dark with a sheen across the
     fingers (probability 0.7), else a procedural texture."""
@@ -331,17 +347,7 @@ def _bars_layer(rng: np.random.Generator, obj_alpha: np.ndarray, target: float, 
     def covered(p: float) -> float:
         return float((grip.alpha(p, u, v) * obj_alpha).sum() / total)
 
-    lo, hi = 0.0, 1.0
-    best_p, best_err = hi, abs(covered(hi) - target)
-    for _ in range(22):
-        mid = 0.5 * (lo + hi)
-        c = covered(mid)
-        if abs(c - target) < best_err:
-            best_p, best_err = mid, abs(c - target)
-        if c < target:
-            lo = mid
-        else:
-            hi = mid
+    best_p = _bisect(covered, 0.0, 1.0, 1.0, target, 22, increasing=True)
     alpha = grip.alpha(best_p, u, v).astype(np.float32)
     fill = _bars_fill(rng, H, W, angle)
     return np.concatenate([fill * alpha[..., None], alpha[..., None]], axis=-1)
@@ -410,16 +416,7 @@ def _occlude(cfg: Randomization, rng: np.random.Generator, renderer: Renderer, o
             oy, ox = _mass_centre(layer[..., 3])
             if covered(lo) >= target:
                 break
-    best_t, best_err = lo, abs(covered(lo) - target)
-    for _ in range(14):
-        mid = 0.5 * (lo + hi)
-        c = covered(mid)
-        if abs(c - target) < best_err:
-            best_t, best_err = mid, abs(c - target)
-        if c > target:
-            lo = mid
-        else:
-            hi = mid
+    best_t = _bisect(covered, lo, hi, lo, target, 14, increasing=False)
     placed = place(best_t)
     achieved = float((placed[..., 3] * obj_alpha).sum() / total)
     return _over(placed, image), target, achieved, kind_name, placed[..., 3]
