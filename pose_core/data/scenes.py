@@ -356,8 +356,7 @@ class SE3RenderDataset(Dataset):
         elsewhere; randomised distractors and occluders have none)."""
         s = self.scene(int(item))
         k = s["shape_index"]
-        s["rgb"], s["occluder_mask_full"] = self._render(self.frame_renderer, k, s["index"], s["rotation"],
-                                                         s["translation"], s["K_full"])
+        s["rgb"], _ = self._render(self.frame_renderer, k, s["index"], s["rotation"], s["translation"], s["K_full"])
         if depth:
             c = self.config
             s["depth"] = depth_image(self._meshes[k], s["rotation"], s["translation"], s["K_full"], c.width, c.height)
