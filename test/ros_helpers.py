@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 HELPER_SCRIPT = Path(__file__).resolve()
+#: The repository root (the parent of test/).
+REPO_ROOT = HELPER_SCRIPT.parent.parent
 
 
 def require_ros(*modules: str) -> None:
@@ -147,6 +149,17 @@ def ros_domain(
         if log_dir is None:
             log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="ros_log_"))
         yield ros_env(random_domain_id() if domain_id is None else domain_id, log_dir)
+
+
+@contextlib.contextmanager
+def node_domain(log_dir: str | os.PathLike[str]) -> Iterator[dict[str, str]]:
+    """:func:`ros_domain` for tests that run the node as a child: its log lines unbuffered and uncoloured
+    (tests read them), and the repository importable (``python -m pose_distribution_ros.node``)."""
+    with ros_domain(log_dir=log_dir) as e:
+        e = dict(e)
+        e.update(RCUTILS_LOGGING_BUFFERED_STREAM="0", RCUTILS_COLORIZED_OUTPUT="0")
+        e["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        yield e
 
 
 # --------------------------------------------------------------------------- processes

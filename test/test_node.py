@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # independent of pytest's import mode
-from ros_helpers import collect_messages, require_ros, ros_domain, start_publisher, stop_process  # noqa: E402
+from ros_helpers import collect_messages, node_domain, require_ros, start_publisher, stop_process  # noqa: E402
 
 require_ros(
     "rclpy", "pose_distribution.msg", "tf2_msgs.msg", "sensor_msgs.msg", "diagnostic_msgs.msg", "vision_msgs.msg",
@@ -67,11 +67,7 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with ros_domain(log_dir=tmp_path_factory.mktemp("ros_log")) as e:
-        e = dict(e)
-        e["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
-        e["RCUTILS_COLORIZED_OUTPUT"] = "0"
-        e["PYTHONPATH"] = os.pathsep.join([str(REPO), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with node_domain(tmp_path_factory.mktemp("ros_log")) as e:
         yield e
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ros_helpers import require_ros, ros_domain, stop_process  # noqa: E402
+from ros_helpers import node_domain, require_ros, stop_process  # noqa: E402
 from test_node import START_TIMEOUT_S, RunningNode, _start_node  # noqa: E402
 
 require_ros("rclpy", "pose_distribution.msg", "tf2_msgs.msg", "sensor_msgs.msg", "vision_msgs.msg")
@@ -31,10 +31,7 @@ PROBER = Path(__file__).resolve().parent / "hostile_prober.py"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with ros_domain(log_dir=tmp_path_factory.mktemp("ros_log")) as e:
-        e = dict(e)
-        e.update(RCUTILS_LOGGING_BUFFERED_STREAM="0", RCUTILS_COLORIZED_OUTPUT="0")
-        e["PYTHONPATH"] = os.pathsep.join([str(REPO), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with node_domain(tmp_path_factory.mktemp("ros_log")) as e:
         yield e
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ros_helpers import collect_messages, require_ros, ros_domain, run_python, start_publisher  # noqa: E402
+from ros_helpers import collect_messages, node_domain, require_ros, run_python, start_publisher  # noqa: E402
 from test_node import PARAMS, REPO, START_TIMEOUT_S, RunningNode, _start_node  # noqa: E402
 
 require_ros("rclpy", "pose_distribution.msg", "sensor_msgs.msg", "diagnostic_msgs.msg", "rcl_interfaces.srv")
@@ -52,11 +51,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with ros_domain(log_dir=tmp_path_factory.mktemp("ros_log")) as e:
-        e = dict(e)
-        e["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
-        e["RCUTILS_COLORIZED_OUTPUT"] = "0"
-        e["PYTHONPATH"] = os.pathsep.join([str(REPO), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with node_domain(tmp_path_factory.mktemp("ros_log")) as e:
         yield e
 
 
