@@ -1,5 +1,6 @@
 """Data for pose-distribution models: a headless renderer, SYMSOL shapes, SYMSOL-like datasets,
-and loaders for the public ModelNet10-SO(3) and PASCAL3D+ layouts.
+loaders for the public ModelNet10-SO(3) and PASCAL3D+ layouts,
+ModelNet40 meshes, and procedural shape classes.
 
 Conventions (pose rotations, frames) are those of :mod:`pose_core.so3`.
 """
@@ -74,3 +75,15 @@ from pose_core.data.occlusion import OCCLUDER_KINDS, OCCLUSION_LEVELS, OccludedR
 
 __all__ += ["OCCLUDED_PASCAL3D_DIR", "OCCLUDED_PASCAL3D_LEVELS", "OccludedPascal3D", "read_occlusion_annotation",
             "OCCLUDER_KINDS", "OCCLUSION_LEVELS", "OccludedRenders", "occlusion_level"]
+
+from pose_core.data.modelnet40 import MODELNET40_CLASSES, ModelNet40, read_off  # noqa: E402
+from pose_core.data.procedural import (  # noqa: E402
+    PROCEDURAL_CLASSES,
+    ProceduralShape,
+    make_procedural_shape,
+    procedural_split,
+    render_mesh,
+)
+
+__all__ += ["MODELNET40_CLASSES", "ModelNet40", "read_off",
+            "PROCEDURAL_CLASSES", "ProceduralShape", "make_procedural_shape", "procedural_split", "render_mesh"]
