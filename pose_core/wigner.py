@@ -3,6 +3,11 @@
 Basis: e3nn's real spherical harmonics with ``normalization="component"``
 (``mean over the sphere of Y_l(x)^2 = 1`` per component) and e3nn's real Wigner-D matrices, which
 satisfy ``Y_l(R @ x) = D_l(R) @ Y_l(x)`` for our rotation matrices ``R`` (:mod:`pose_core.so3`).
+e3nn stops at degree 12; degrees ``l > 12`` (the spherical CNNs' bandwidths) use the standard real
+basis with ``z`` as polar axis, ``m = -l .. l``: ``sqrt(2) N P_l^|m|(cos b) sin(|m| a)`` for
+``m < 0``, ``N P_l(cos b)`` for ``m = 0``, ``sqrt(2) N P_l^m(cos b) cos(m a)`` for ``m > 0``, no
+Condon-Shortley phase, component-normalised too. Any orthonormal basis of each degree works with
+everything here (:func:`wigner_D` is built from the same functions), so the two never meet.
 
 Layouts (``L = lmax``):
 
@@ -32,6 +37,7 @@ __all__ = [
     "wigner_D",
     "flat_wigner",
     "fibonacci_sphere",
+    "E3NN_LMAX",
 ]
 
 
@@ -45,10 +51,56 @@ def so3_dim(lmax: int) -> int:
     return sum((2 * l + 1) ** 2 for l in range(lmax + 1))
 
 
+#: The highest degree e3nn's spherical harmonics provide; above it, :func:`_high_degree_harmonics`.
+E3NN_LMAX = 12
+
+
 def spherical_harmonics(x: torch.Tensor, lmax: int) -> torch.Tensor:
     """Real spherical harmonics ``(..., (lmax+1)**2)`` of directions ``x`` ``(..., 3)`` (normalised first)."""
     if x.shape[-1:] != (3,):
         raise ValueError(f"x must have shape (..., 3), got {tuple(x.shape)}")
+    if lmax > E3NN_LMAX:
+        low = _e3nn_harmonics(x, E3NN_LMAX)
+        return torch.cat((low, _high_degree_harmonics(x, E3NN_LMAX + 1, lmax)), -1)
+    return _e3nn_harmonics(x, lmax)
+
+
+def _high_degree_harmonics(x: torch.Tensor, lmin: int, lmax: int) -> torch.Tensor:
+    """Degrees ``lmin .. lmax`` ``(..., (lmax+1)**2 - lmin**2)`` in the z-polar real basis (module docstring),
+    from the fully normalised associated Legendre recurrences (stable at any degree used here)."""
+    u = x / x.norm(dim=-1, keepdim=True)
+    px, py, z = u.unbind(-1)
+    # Q_l^m = sqrt((2l+1)(l-m)!/(l+m)!) P_l^m(z) / sin^m;  Y_lm = sqrt(2) Q_l^m (C_m or S_m), where
+    # C_m + i S_m = (x + i y)^m = sin^m(b) e^{i m a}
+    cos_m, sin_m = torch.ones_like(z), torch.zeros_like(z)
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    q_mm = torch.ones_like(z)
+    for m in range(lmax + 1):
+        if m > 0:
+            q_mm = q_mm * math.sqrt((2 * m + 1) / (2 * m))
+            cos_m, sin_m = cos_m * px - sin_m * py, sin_m * px + cos_m * py
+        q_prev2, q_prev = None, q_mm
+        for l in range(m, lmax + 1):
+            if l == m:
+                q = q_mm
+            elif l == m + 1:
+                q = math.sqrt(2 * m + 3) * z * q_mm
+            else:
+                a = math.sqrt((4 * l * l - 1) / (l * l - m * m))
+                b = math.sqrt((2 * l + 1) * ((l - 1) ** 2 - m * m) / ((2 * l - 3) * (l * l - m * m)))
+                q = a * z * q_prev - b * q_prev2
+            if l > m:
+                q_prev2, q_prev = q_prev, q
+            if l >= lmin:
+                if m == 0:
+                    out[(l, 0)] = q
+                else:
+                    out[(l, m)] = math.sqrt(2) * q * cos_m
+                    out[(l, -m)] = math.sqrt(2) * q * sin_m
+    return torch.stack([out[(l, m)] for l in range(lmin, lmax + 1) for m in range(-l, l + 1)], -1)
+
+
+def _e3nn_harmonics(x: torch.Tensor, lmax: int) -> torch.Tensor:
     if x.dtype == torch.float64 and torch.get_default_dtype() != torch.float64:
         # e3nn builds its constants in the default dtype; keep float64 inputs exact.
         previous = torch.get_default_dtype()
