@@ -52,6 +52,7 @@ __all__ = [
     "checkpoint_input_size",
     "checkpoint_kind",
     "MODEL_KINDS",
+    "CLASSIFIER_KINDS",
 ]
 
 CHECKPOINT_FORMAT = "pose_distribution.image_to_sphere"
@@ -59,7 +60,11 @@ CHECKPOINT_FORMAT = "pose_distribution.image_to_sphere"
 KIND_IMAGE_TO_SPHERE = "image_to_sphere"
 KIND_SPYROPOSE = "spyropose"
 KIND_NEURAL_MESH = "neural_mesh"
-MODEL_KINDS = (KIND_IMAGE_TO_SPHERE, KIND_SPYROPOSE, KIND_NEURAL_MESH)
+KIND_SPHERICAL_CNN = "spherical_cnn"
+KIND_POINTNET = "pointnet"
+MODEL_KINDS = (KIND_IMAGE_TO_SPHERE, KIND_SPYROPOSE, KIND_NEURAL_MESH, KIND_SPHERICAL_CNN, KIND_POINTNET)
+#: The shape classifiers among them (:mod:`pose_core.recognition`): 3D shape in, class out.
+CLASSIFIER_KINDS = (KIND_SPHERICAL_CNN, KIND_POINTNET)
 
 
 @dataclass
@@ -347,14 +352,18 @@ def checkpoint_kind(payload: dict) -> str:
 _PAYLOAD_MODELS = {
     KIND_SPYROPOSE: ("pose_core.models.spyropose", "SpyroPose", "SpyroPose"),
     KIND_NEURAL_MESH: ("pose_core.refine.neural_mesh", "NeuralMesh", "neural mesh"),
+    KIND_SPHERICAL_CNN: ("pose_core.models.spherical_cnn", "SphericalCNN", "spherical CNN"),
+    KIND_POINTNET: ("pose_core.models.pointnet", "PointNet", "PointNet"),
 }
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
     """Checkpoint at ``path`` → its model in eval mode on ``device`` (``"auto"`` picks CUDA if present):
     an :class:`ImageToSphere` (``model.pose_space == "so3"``), a
-    :class:`pose_core.models.SpyroPose` (``"se3"``) or a :class:`pose_core.refine.NeuralMesh` (the
-    render-and-compare refiner, no ``pose_space``), as the checkpoint's ``kind`` says."""
+    :class:`pose_core.models.SpyroPose` (``"se3"``), a :class:`pose_core.refine.NeuralMesh` (the
+    render-and-compare refiner, no ``pose_space``) or a shape classifier
+    (:class:`pose_core.models.SphericalCNN`, :class:`pose_core.models.PointNet`), as the checkpoint's
+    ``kind`` says."""
     payload = read_checkpoint(path)
     try:
         kind = checkpoint_kind(payload)

@@ -165,6 +165,9 @@ def build_estimator(values: Mapping[str, Any], log: Callable[[str], None]) -> tu
         model = load_model(checkpoint, device=device)
     except (FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as exc:
         raise StartupError(f"cannot load checkpoint {checkpoint} on device {device!r}: {exc}") from exc
+    if not hasattr(model, "pose_space"):  # a refiner's or a shape classifier's checkpoint
+        raise StartupError(f"checkpoint {checkpoint} holds a {getattr(model, 'kind', type(model).__name__)} model, "
+                           "not a pose model (Image2Sphere or SpyroPose)")
     trained = f"{model.input_size} px" if model.input_size else "an unrecorded image size"
     log(f"loaded {checkpoint} ({model.describe()}, trained on {trained})")
     if model.pose_space == "se3" and estimator_settings.temporal_filter:
