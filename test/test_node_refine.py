@@ -159,3 +159,12 @@ def test_refine_with_a_missing_mesh_stops_the_start_up(env, checkpoints, tmp_pat
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "not found" in out and str(missing) in out, out
+
+
+def test_a_checkpoint_that_is_no_pose_model_stops_the_start_up(env, checkpoints) -> None:
+    """checkpoint:= a refiner's (or a shape classifier's) checkpoint: the node says what it holds and exits."""
+    command = [sys.executable, "-m", "pose_distribution_ros.node", "--ros-args", "--params-file", str(PARAMS),
+               "-p", f"checkpoint:={checkpoints['refiner']}"]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "not a pose model" in out and "neural_mesh" in out, out
