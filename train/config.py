@@ -21,7 +21,10 @@ import yaml
 
 from pose_core.data.randomize import Randomization
 from pose_core.data.scenes import SceneConfig
-from pose_core.model import MODEL_KINDS, ModelConfig
+from pose_core.data.shape_classes import ShapeSetConfig
+from pose_core.model import CLASSIFIER_KINDS, MODEL_KINDS, ModelConfig
+from pose_core.models.pointnet import PointNetConfig
+from pose_core.models.spherical_cnn import SphericalCNNConfig
 from pose_core.models.spyropose import SpyroPoseConfig
 from pose_core.refine.neural_mesh import NeuralMeshConfig
 
@@ -36,10 +39,14 @@ __all__ = [
     "config_to_dict",
     "apply_overrides",
     "DATASETS",
+    "SHAPE_DATASETS",
 ]
 
 #: Dataset kinds understood by :func:`train.datasets.build_dataset`.
-DATASETS = ("symsol", "symsol_dir", "mesh", "shards", "modelnet10", "pascal3d", "scenes")
+DATASETS = ("symsol", "symsol_dir", "mesh", "shards", "modelnet10", "pascal3d", "scenes", "procedural_shapes",
+            "modelnet40", "mesh_folder")
+#: The shape-classification datasets (3D shapes, not images): for the classifier kinds.
+SHAPE_DATASETS = ("procedural_shapes", "modelnet40", "mesh_folder")
 
 
 @dataclass
@@ -81,6 +88,12 @@ class DataConfig:
       object of ``shapes`` / ``meshes`` anywhere in a real camera's view at a varying distance, with
       simulated detection boxes and the object-centred crops (``scene``: camera, distances, box
       error; ``None``: the defaults); for ``kind: spyropose``.
+    * ``procedural_shapes``, ``modelnet40``, ``mesh_folder``: 3D shapes for the shape classifiers (``kind:
+      spherical_cnn``, ``pointnet``): the procedural set of :mod:`pose_core.data.procedural` (split ``train`` /
+      ``test``, shapes from disjoint seeds), ModelNet40's OFF files under ``root``, or your own meshes under
+      ``root`` (:mod:`pose_core.data.mesh_folder`: ``root/<class>/<split>/*.stl|obj|ply|off|glb``); how
+      they are posed and seen (whole mesh or single-view depth, z or SO(3) rotations): ``shape_set``
+      (:class:`pose_core.data.shape_classes.ShapeSetConfig`; ``None``: its defaults). ``seed``: the views'.
 
     ``randomize`` (rendered data only): domain randomisation, a
     :class:`pose_core.data.randomize.Randomization` mapping (``randomize: {}`` takes the defaults,
@@ -100,11 +113,13 @@ class DataConfig:
     pascal_synth: bool = False
     randomize: Randomization | None = None
     scene: SceneConfig | None = None
+    shape_set: ShapeSetConfig | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             raise ValueError(f"data.name must be one of {DATASETS}, got {self.name!r}")
-        if self.name in ("symsol_dir", "shards", "modelnet10", "pascal3d") and not self.root:
+        needs_root = ("symsol_dir", "shards", "modelnet10", "pascal3d", "modelnet40", "mesh_folder")
+        if self.name in needs_root and not self.root:
             raise ValueError(f"data.name={self.name!r} needs data.root (the dataset folder), got {self.root!r}")
         if self.name == "mesh" and not self.meshes:
             raise ValueError("data.name='mesh' needs at least one entry in data.meshes")
@@ -169,8 +184,10 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     """One training run. ``kind``: the model trained (:data:`pose_core.model.MODEL_KINDS`): ``image_to_sphere``
-    (section ``model``), ``spyropose`` (section ``spyropose``) or ``neural_mesh`` (section ``neural_mesh``, the
-    render-and-compare refiner of :mod:`pose_core.refine`); the last two train on ``data.name: scenes``.
+    (section ``model``), ``spyropose`` (section ``spyropose``), ``neural_mesh`` (section ``neural_mesh``, the
+    render-and-compare refiner of :mod:`pose_core.refine`), which two train on ``data.name: scenes``, or the
+    shape classifiers ``spherical_cnn`` / ``pointnet`` (sections of those names) on ``procedural_shapes`` /
+    ``modelnet40``.
     ``epochs`` or ``max_steps`` (the smaller bound wins when both are set);
     ``max_seconds`` also stops it (wall time of this run, with a final evaluation and checkpoint).
     ``init_from``: a checkpoint whose weights the run starts from (fine-tuning: fresh optimizer,
@@ -186,6 +203,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     spyropose: SpyroPoseConfig = field(default_factory=SpyroPoseConfig)
     neural_mesh: NeuralMeshConfig = field(default_factory=NeuralMeshConfig)
+    spherical_cnn: SphericalCNNConfig = field(default_factory=SphericalCNNConfig)
+    pointnet: PointNetConfig = field(default_factory=PointNetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     epochs: int | None = 40
@@ -211,6 +230,9 @@ class TrainConfig:
         if (self.kind in ("spyropose", "neural_mesh")) != (self.data.name == "scenes"):
             raise ValueError(f"kind {self.kind!r} with data.name {self.data.name!r}: spyropose and neural_mesh models "
                              "train on data.name 'scenes' (SE(3) labels), and 'scenes' data trains only those")
+        if (self.kind in CLASSIFIER_KINDS) != (self.data.name in SHAPE_DATASETS):
+            raise ValueError(f"kind {self.kind!r} with data.name {self.data.name!r}: the shape classifiers "
+                             f"{CLASSIFIER_KINDS} train on {SHAPE_DATASETS}, and those train only them")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.epochs is None and self.max_steps is None:
@@ -328,6 +350,11 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+#: Config sections that default to ``None``: overriding one of their keys starts from these defaults.
+_OPTIONAL_SECTIONS: dict[str, type] = {"eval_data": DataConfig, "scene": SceneConfig, "shape_set": ShapeSetConfig,
+                                       "randomize": Randomization}
+
+
 def apply_overrides(data: dict, overrides: Sequence[str], defaults: dict | None = None) -> dict:
     """Copy of ``data`` with ``key.sub=value`` ``overrides`` applied (values parsed as YAML).
 
@@ -344,8 +371,8 @@ def apply_overrides(data: dict, overrides: Sequence[str], defaults: dict | None 
         for i, part in enumerate(path[:-1]):
             sub = node.get(part)
             ref_sub = ref.get(part) if isinstance(ref, dict) else None
-            if part == "eval_data" and ref_sub is None:
-                ref_sub = config_to_dict(TrainConfig())["data"]
+            if ref_sub is None and part in _OPTIONAL_SECTIONS:  # a section whose default is None
+                ref_sub = dataclasses.asdict(_OPTIONAL_SECTIONS[part]())
             if not isinstance(ref_sub, dict) and not isinstance(sub, dict):
                 raise ValueError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a config section")
             if sub is None:

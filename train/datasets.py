@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -12,7 +13,7 @@ from torch.utils.data import Dataset
 from train.config import DataConfig, MeshSpec
 
 __all__ = ["build_dataset", "collate", "dataset_shapes", "heldout_config", "rendered_dataset", "rendered_source",
-           "resolve_mesh_path", "scenes_dataset", "shard_source", "HELDOUT_SEED_OFFSET"]
+           "resolve_mesh_path", "scenes_dataset", "shape_class_dataset", "shard_source", "HELDOUT_SEED_OFFSET"]
 
 #: Seed offset of the held-out set of rendered data (other rotations, other occluders).
 HELDOUT_SEED_OFFSET = 1_000_003
@@ -89,6 +90,49 @@ def scenes_dataset(data: DataConfig):
     return SE3RenderDataset(dataset_shapes(data), size=data.size, seed=data.seed, config=scene)
 
 
+def shape_class_dataset(data: DataConfig):
+    """The :class:`pose_core.data.shape_classes.ShapeClassDataset` of ``data`` (``procedural_shapes``,
+    ``modelnet40`` or ``mesh_folder``); its ``class_names`` are the chosen classes, labels index them."""
+    from pose_core.data.shape_classes import ShapeClassDataset, ShapeSetConfig
+
+    cfg = data.shape_set if data.shape_set is not None else ShapeSetConfig()
+    if data.name == "procedural_shapes":
+        from pose_core.data.procedural import PROCEDURAL_CLASSES, procedural_split
+
+        names = list(cfg.classes) if cfg.classes is not None else list(PROCEDURAL_CLASSES)
+        unknown = [c for c in names if c not in PROCEDURAL_CLASSES]
+        if unknown:
+            raise ValueError(f"data.shape_set.classes: unknown procedural classes {unknown}; "
+                             f"known: {PROCEDURAL_CLASSES}")
+        if cfg.per_class is None:
+            raise ValueError("data.shape_set.per_class must be set for procedural shapes, got None")
+        shapes = [(s.vertices, s.faces, names.index(s.name), s.name)
+                  for s in procedural_split(data.split, cfg.per_class) if s.name in names]
+    elif data.name in ("modelnet40", "mesh_folder"):
+        if data.name == "modelnet40":
+            from pose_core.data.modelnet40 import MODELNET40_CLASSES, ModelNet40
+
+            ds: Any = ModelNet40(data.root, split=data.split, classes=cfg.classes)  # type: ignore[arg-type]
+            class_of = MODELNET40_CLASSES
+        else:
+            from pose_core.data.mesh_folder import MeshFolder
+
+            ds = MeshFolder(data.root, split=data.split, classes=cfg.classes)  # type: ignore[arg-type]
+            class_of = ds.classes
+        names = [class_of[label] for label in sorted({label for _, label in ds.files})]
+        counts = dict.fromkeys(names, 0)
+        shapes = []
+        for i, (_, label) in enumerate(ds.files):
+            name = class_of[label]
+            if cfg.per_class is None or counts[name] < cfg.per_class:
+                counts[name] += 1
+                item = ds[i]
+                shapes.append((np.asarray(item["vertices"]), np.asarray(item["faces"]), names.index(name), name))
+    else:
+        raise ValueError(f"not a shape dataset: {data.name!r}")
+    return ShapeClassDataset(shapes, names, cfg, seed=data.seed)
+
+
 def heldout_config(data: DataConfig, size: int) -> DataConfig:
     """The held-out twin of ``data``: rendered data with another seed and ``size`` items per shape
     (for shards: of the config they were rendered from); on-disk data with split ``test``."""
@@ -96,6 +140,8 @@ def heldout_config(data: DataConfig, size: int) -> DataConfig:
         data = shard_source(data)
     if data.name in ("symsol", "mesh", "scenes"):
         return dataclasses.replace(data, seed=data.seed + HELDOUT_SEED_OFFSET, size=size)
+    if data.name in ("procedural_shapes", "modelnet40", "mesh_folder"):  # held-out shapes, in other poses
+        return dataclasses.replace(data, split="test", seed=data.seed + HELDOUT_SEED_OFFSET)
     return dataclasses.replace(data, split="test", size=None, pascal_warp=False, pascal_synth=False)
 
 
@@ -119,6 +165,8 @@ def build_dataset(data: DataConfig) -> Dataset:
         return ShardDataset(data.root, dataset_shapes(shard_source(data)))  # type: ignore[arg-type]
     if data.name == "scenes":
         return scenes_dataset(data)
+    if data.name in ("procedural_shapes", "modelnet40", "mesh_folder"):
+        return shape_class_dataset(data)
     if data.name == "modelnet10":
         return pdata.ModelNet10SO3(data.root, split=data.split)  # type: ignore[arg-type]
     if data.name == "pascal3d":
@@ -133,6 +181,10 @@ def collate(batch):
     SE(3) items (with ``t_hat``) are batched by :func:`pose_core.data.scenes.se3_collate`."""
     import torch
 
+    if batch and "signal" in batch[0]:
+        from pose_core.data.shape_classes import collate_shapes
+
+        return collate_shapes(batch)
     if batch and "t_hat" in batch[0]:
         from pose_core.data.scenes import se3_collate
 

@@ -48,7 +48,8 @@ from pose_core import metrics
 from pose_core.distribution import SO3Distribution
 from pose_core.model import ImageToSphere
 
-__all__ = ["evaluate", "evaluate_se3", "record_se3", "format_table", "resolve_eval_data", "main", "GROUP_KEYS",
+__all__ = ["evaluate", "evaluate_se3", "evaluate_classifier",
+           "record_se3", "format_table", "resolve_eval_data", "main", "GROUP_KEYS",
            "SE3_KEYS"]
 
 #: Keys of every group in the result of :func:`evaluate`.
@@ -145,6 +146,36 @@ def evaluate(
 #: Keys of :func:`evaluate_se3`'s ``overall``.
 SE3_KEYS = ("n", "acc@15", "acc@30", "median_deg", "t_median_mm", "t_median_frac_distance", "t_median_frac_diameter",
             "ll_se3", "outside_box", "inside_95", "seconds_per_image")
+
+
+@torch.no_grad()
+def evaluate_classifier(model: Any, dataset: Any, batch_size: int = 64) -> dict[str, Any]:
+    """Shape classifier (:data:`pose_core.model.CLASSIFIER_KINDS`) on a ``ShapeClassDataset``: ``overall``
+    (``accuracy``, ``nll`` mean negative log-likelihood of the true class, ``n``), ``per_class`` accuracy,
+    ``confusion`` ``[true][predicted]`` counts and ``seconds`` (model time, excluding data)."""
+    from pose_core.data.shape_classes import collate_shapes
+
+    model.eval()
+    device = next(model.parameters()).device
+    if list(model.class_names) != list(dataset.class_names):
+        raise ValueError(f"the model's classes {model.class_names} are not the data's {dataset.class_names}")
+    k = len(dataset.class_names)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    nll, seconds = 0.0, 0.0
+    # batches by hand: a DataLoader draws its base seed from the global RNG, which a resumed run must not see
+    for start in range(0, len(dataset), batch_size):
+        batch = collate_shapes([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        t0 = time.perf_counter()
+        logp = model(batch[model.input_key].to(device)).float().log_softmax(-1).cpu()
+        seconds += time.perf_counter() - t0
+        labels = batch["label"]
+        nll -= float(logp.gather(1, labels[:, None]).sum())
+        np.add.at(confusion, (labels.numpy(), logp.argmax(-1).numpy()), 1)
+    n = int(confusion.sum())
+    per_class = {name: float(confusion[i, i] / max(confusion[i].sum(), 1))
+                 for i, name in enumerate(dataset.class_names)}
+    return {"overall": {"accuracy": float(np.trace(confusion) / max(n, 1)), "nll": nll / max(n, 1), "n": n},
+            "per_class": per_class, "confusion": confusion.tolist(), "seconds": seconds}
 
 
 @torch.no_grad()

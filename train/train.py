@@ -1,5 +1,6 @@
-"""Train a pose model: ImageToSphere (SO(3)), SpyroPose (SE(3), ``kind: spyropose``) or the neural mesh of
-the render-and-compare refiner (``kind: neural_mesh``, :mod:`pose_core.refine`).
+"""Train a model: ImageToSphere (SO(3)), SpyroPose (SE(3), ``kind: spyropose``), the neural mesh of
+the render-and-compare refiner (``kind: neural_mesh``, :mod:`pose_core.refine`) or a shape classifier
+(``kind: spherical_cnn`` / ``pointnet`` on 3D shapes: :mod:`pose_core.models.spherical_cnn`).
 
 Usage (from the repository root)::
 
@@ -47,7 +48,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pose_core import grids
-from pose_core.model import ImageToSphere, read_checkpoint, save_checkpoint
+from pose_core.model import CLASSIFIER_KINDS, ImageToSphere, read_checkpoint, save_checkpoint
 from pose_core.models.spyropose import SpyroPose
 from train.config import TrainConfig, config_from_dict, config_to_dict, load_config
 from train.datasets import HELDOUT_SEED_OFFSET, build_dataset, collate, heldout_config, rendered_source
@@ -217,8 +218,11 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
     # ------------------------------------------------------------------ model, optimizer
     se3 = cfg.kind == "spyropose"
     neural_mesh = cfg.kind == "neural_mesh"
+    classifier = cfg.kind in CLASSIFIER_KINDS
     if se3:
         model: Any = build_spyropose(cfg, train_set).to(device)
+    elif classifier:
+        model = build_classifier(cfg, train_set).to(device)
     elif neural_mesh:
         model = build_neural_mesh(cfg, train_set).to(device)
     else:
@@ -310,8 +314,16 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
     def run_eval() -> dict | None:
         if eval_set is None or neural_mesh:  # the refiner is measured by bench/refine.py, not here
             return None
-        from train.evaluate import evaluate, evaluate_se3
+        from train.evaluate import evaluate, evaluate_classifier, evaluate_se3
 
+        if classifier:
+            res = evaluate_classifier(model, eval_set, batch_size=cfg.eval.batch_size)
+            model.train()
+            o = res["overall"]
+            print(f"eval step {step}: accuracy {o['accuracy']:.3f} ({o['n']} views)", flush=True)
+            if writer is not None:
+                writer.add_scalar("eval/accuracy", o["accuracy"], step)
+            return res
         if se3:
             res = evaluate_se3(model, eval_set, batch_size=cfg.eval.batch_size)
             model.train()
@@ -357,9 +369,19 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
                 if is_main:
                     print(f"max_seconds {cfg.max_seconds:g} reached at step {step}", flush=True)
                 break
-            images = batch["image"].to(device, non_blocking=True)
-            rotations = batch["rotation"].to(device, non_blocking=True)
             stats: dict[str, torch.Tensor] = {}
+            if classifier:  # 3D shapes (spherical signals or points) -> class
+                inputs = batch[model.input_key].to(device, non_blocking=True)
+                labels = batch["label"].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = ddp_model(inputs)
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                stats = {"accuracy": (logits.argmax(-1) == labels).float().mean()}
+                n_batch = labels.shape[0]
+            else:
+                images = batch["image"].to(device, non_blocking=True)
+                rotations = batch["rotation"].to(device, non_blocking=True)
+                n_batch = images.shape[0]
             if se3:
                 # the importance samples of a step from its own seed: a resumed run draws what an uninterrupted one does
                 gen = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
@@ -374,7 +396,7 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
                     loss, stats = ddp_model(images, batch["K"].to(device), rotations,
                                             batch["translation"].to(device) * unit, generator=gen,
                                             occluder_mask=None if occ is None else occ.to(device))
-            else:
+            elif not classifier:
                 loss = _loss(ddp_model, model, images, rotations, amp_dtype if use_amp else None)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -385,7 +407,7 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
             scaler.update()
             sched.step()
             step += 1
-            n_log += images.shape[0] * world
+            n_log += n_batch * world
             last_loss = float(loss.detach())
             if bar is not None:
                 bar.update(1)
@@ -447,6 +469,20 @@ def build_spyropose(cfg: TrainConfig, train_set: Any) -> SpyroPose:
     return SpyroPose(m, obj, mesh_keypoints(triangles, m.num_keypoints))
 
 
+def build_classifier(cfg: TrainConfig, train_set: Any) -> Any:
+    """A fresh shape classifier of ``cfg.kind`` (:data:`pose_core.model.CLASSIFIER_KINDS`) for the classes of
+    ``train_set`` (a ``ShapeClassDataset``); ValueError when the data's bandwidth is not the model's."""
+    from pose_core.models.pointnet import PointNet
+    from pose_core.models.spherical_cnn import SphericalCNN
+
+    if cfg.kind == "pointnet":
+        return PointNet(cfg.pointnet, class_names=train_set.class_names)
+    if train_set.config.bandwidth != cfg.spherical_cnn.bandwidth:
+        raise ValueError(f"data.shape_set.bandwidth {train_set.config.bandwidth} differs from spherical_cnn.bandwidth "
+                         f"{cfg.spherical_cnn.bandwidth}: set them equal")
+    return SphericalCNN(cfg.spherical_cnn, class_names=train_set.class_names)
+
+
 def build_neural_mesh(cfg: TrainConfig, train_set: Any) -> Any:
     """A fresh :class:`pose_core.refine.NeuralMesh` for the one object of ``train_set`` (a ``SE3RenderDataset``):
     its vertices from the unit-sphere mesh, its radius in metres from the scene."""
@@ -476,7 +512,8 @@ def _init_encoder(model: Any, path: str) -> None:
 def _init_weights(model: Any, cfg: TrainConfig) -> None:
     """Load the weights of ``cfg.init_from`` into ``model``; ValueError if its model config differs."""
     ckpt = read_checkpoint(cfg.init_from)  # type: ignore[arg-type]
-    want = dataclasses.asdict({"spyropose": cfg.spyropose, "neural_mesh": cfg.neural_mesh}.get(cfg.kind, cfg.model))
+    want = dataclasses.asdict({"spyropose": cfg.spyropose, "neural_mesh": cfg.neural_mesh,
+                               "spherical_cnn": cfg.spherical_cnn, "pointnet": cfg.pointnet}.get(cfg.kind, cfg.model))
     have = dict(ckpt["config"])
     # a neural mesh may change how it renders and trains (sigma, kappa, ...), not what its weights are
     keys = NEURAL_MESH_ARCHITECTURE if cfg.kind == "neural_mesh" else tuple(k for k in want if k != "pretrained")
@@ -501,7 +538,8 @@ def _check_training_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="train/train.py", description="Train a pose model (ImageToSphere or SpyroPose).")
+    p = argparse.ArgumentParser(prog="train/train.py", description="Train a model: ImageToSphere, SpyroPose, the "
+                                "neural mesh, or a shape classifier (spherical CNN, PointNet).")
     p.add_argument("--config", default=None, help="YAML file (config/train/<name>.yaml)")
     p.add_argument("--resume", default=None, help="checkpoint of an earlier run to continue")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4 max_steps=100")
