@@ -63,3 +63,15 @@ def test_trains_a_classifier_config(tmp_path):
     assert ds[0]["points"].shape == (32, 3) and float(ds[0]["points"].norm(dim=1).max()) <= 1 + 1e-5
     with pytest.raises(ValueError, match="data.root"):
         load_config(None, ["kind=pointnet", "data.name=mesh_folder"])
+
+
+def test_known_meshes_join_the_procedural_classes():
+    """data.meshes (here the pybullet_data duck) add one class each beside the procedural ones."""
+    from train.config import load_config
+    from train.datasets import build_dataset
+
+    cfg = load_config(None, ["kind=pointnet", "data.name=procedural_shapes", "data.shape_set.classes=[box]",
+                             "data.shape_set.per_class=2", "data.shape_set.points=16", "data.shape_set.cache=false",
+                             "data.meshes=[{path: pybullet_data/duck_vhacd.urdf, name: duck}]"])
+    ds = build_dataset(cfg.data)
+    assert ds.class_names == ["box", "duck"] and [ds[i]["shape"] for i in range(len(ds))].count("duck") == 4

@@ -270,3 +270,19 @@ def test_shape_classifier_config_errors():
         run(cfg, command="test")
     with pytest.raises(ValueError, match="unknown procedural classes"):
         run(load_config(SCNN_TINY, ["data.shape_set.classes=[box,blob]"]), command="test")
+
+
+def test_spherical_cnn_trains_under_torchrun_ddp(tmp_path):
+    """Two CPU processes (gloo) under torchrun: DDP wraps the spherical CNN; each rank reads its share."""
+    import subprocess
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", str(ROOT / "train" / "train.py"), "--config", str(SCNN_TINY),
+         f"checkpoint_dir={tmp_path}", "max_steps=2", "batch_size=2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    payload = read_checkpoint(tmp_path / "spherical_cnn_tiny.pt")
+    assert payload["meta"]["world_size"] == 2 and payload["step"] == 2 and payload["kind"] == "spherical_cnn"

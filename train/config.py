@@ -94,6 +94,8 @@ class DataConfig:
       ``root`` (:mod:`pose_core.data.mesh_folder`: ``root/<class>/<split>/*.stl|obj|ply|off|glb``); how
       they are posed and seen (whole mesh or single-view depth, z or SO(3) rotations): ``shape_set``
       (:class:`pose_core.data.shape_classes.ShapeSetConfig`; ``None``: its defaults). ``seed``: the views'.
+      ``procedural_shapes`` adds one class per entry of ``meshes`` (e.g. the ``pybullet_data`` duck): a
+      known object, the same mesh in other poses in the held-out split.
 
     ``randomize`` (rendered data only): domain randomisation, a
     :class:`pose_core.data.randomize.Randomization` mapping (``randomize: {}`` takes the defaults,

@@ -108,6 +108,11 @@ def shape_class_dataset(data: DataConfig):
             raise ValueError("data.shape_set.per_class must be set for procedural shapes, got None")
         shapes = [(s.vertices, s.faces, names.index(s.name), s.name)
                   for s in procedural_split(data.split, cfg.per_class) if s.name in names]
+        for spec in data.meshes:  # known objects (e.g. pybullet_data meshes): one class each, per_class copies
+            soup = np.asarray(_mesh_shape(spec).mesh.positions, dtype=np.float64)  # (3T, 3)
+            faces = np.arange(len(soup), dtype=np.int64).reshape(-1, 3)
+            names.append(spec.name)
+            shapes += [(soup, faces, len(names) - 1, spec.name)] * cfg.per_class
     elif data.name in ("modelnet40", "mesh_folder"):
         if data.name == "modelnet40":
             from pose_core.data.modelnet40 import MODELNET40_CLASSES, ModelNet40
