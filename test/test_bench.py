@@ -104,3 +104,21 @@ def test_benchmark_suite_quick(tmp_path):
     assert "skipped" in r["training"]  # CPU: measured on a GPU only, and the JSON says why
     assert "skipped" in r["reference"]
     assert plot.stat().st_size > 0
+
+
+def test_shape_recognition_benchmark_quick(tmp_path):
+    out = tmp_path / "shapes.json"
+    env = {**__import__("os").environ, "POSE_DISTRIBUTION_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "shape_recognition.py"), "--quick", "--threads", "1",
+         "--out", str(tmp_path / "ckpt"), "--json", str(out)],
+        cwd=ROOT, timeout=300, capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    rows = {(x["source"], x["model"]) for x in r["rows"]}
+    assert rows == {(s, m) for s in ("mesh", "depth") for m in ("spherical_cnn", "pointnet")}
+    for x in r["rows"]:
+        assert all(0 <= x[k] <= 1 for k in ("z/z", "z/SO3", "SO3/SO3")) and x["parameters"] > 0
+        assert x["model_ms_p50"] > 0 and x["input_ms_p50"] > 0
+    assert r["classes"] == ["box", "torus", "chair"] and "SO3/SO3" in proc.stdout
