@@ -166,8 +166,7 @@ class ShapeClassDataset(Dataset):
         signals = np.zeros((n, 6, 2 * b, 2 * b), dtype=np.float32)
         points = np.zeros((n, cfg.points, 3), dtype=np.float32)
         rotations = np.zeros((n, 3, 3), dtype=np.float32)
-        R_cw = depth_camera(cfg)[1] if cfg.source == "depth" else None
-        K = depth_camera(cfg)[0] if cfg.source == "depth" else None
+        K, R_cw, _ = depth_camera(cfg)  # used by source "depth" only
         i = 0
         for vertices, faces, _, _ in self.shapes:
             v = normalize_mesh(vertices)
