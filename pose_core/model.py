@@ -62,7 +62,9 @@ KIND_SPYROPOSE = "spyropose"
 KIND_NEURAL_MESH = "neural_mesh"
 KIND_SPHERICAL_CNN = "spherical_cnn"
 KIND_POINTNET = "pointnet"
-MODEL_KINDS = (KIND_IMAGE_TO_SPHERE, KIND_SPYROPOSE, KIND_NEURAL_MESH, KIND_SPHERICAL_CNN, KIND_POINTNET)
+KIND_RECONSTRUCTION = "reconstruction"
+MODEL_KINDS = (KIND_IMAGE_TO_SPHERE, KIND_SPYROPOSE, KIND_NEURAL_MESH, KIND_SPHERICAL_CNN, KIND_POINTNET,
+               KIND_RECONSTRUCTION)
 #: The shape classifiers among them (:mod:`pose_core.recognition`): 3D shape in, class out.
 CLASSIFIER_KINDS = (KIND_SPHERICAL_CNN, KIND_POINTNET)
 
@@ -354,6 +356,7 @@ _PAYLOAD_MODELS = {
     KIND_NEURAL_MESH: ("pose_core.refine.neural_mesh", "NeuralMesh", "neural mesh"),
     KIND_SPHERICAL_CNN: ("pose_core.models.spherical_cnn", "SphericalCNN", "spherical CNN"),
     KIND_POINTNET: ("pose_core.models.pointnet", "PointNet", "PointNet"),
+    KIND_RECONSTRUCTION: ("pose_core.models.reconstruction", "ShapeReconstructor", "shape reconstruction"),
 }
 
 
@@ -361,9 +364,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> A
     """Checkpoint at ``path`` → its model in eval mode on ``device`` (``"auto"`` picks CUDA if present):
     an :class:`ImageToSphere` (``model.pose_space == "so3"``), a
     :class:`pose_core.models.SpyroPose` (``"se3"``), a :class:`pose_core.refine.NeuralMesh` (the
-    render-and-compare refiner, no ``pose_space``) or a shape classifier
-    (:class:`pose_core.models.SphericalCNN`, :class:`pose_core.models.PointNet`), as the checkpoint's
-    ``kind`` says."""
+    render-and-compare refiner, no ``pose_space``), a shape classifier
+    (:class:`pose_core.models.SphericalCNN`, :class:`pose_core.models.PointNet`) or a single-view shape
+    reconstructor (:class:`pose_core.models.ShapeReconstructor`), as the checkpoint's ``kind`` says."""
     payload = read_checkpoint(path)
     try:
         kind = checkpoint_kind(payload)

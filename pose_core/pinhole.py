@@ -27,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "Region",
+    "look_at",
     "intrinsics_matrix",
     "pixel_ray",
     "backproject",
@@ -345,3 +346,24 @@ def object_crop(
     v0 = int(math.floor(v - (side - 1) / 2 + 0.5))
     region = (u0, v0, u0 + side, v0 + side)
     return region, crop_intrinsics(K, region, size_px)
+
+
+def look_at(eye: np.ndarray, target: np.ndarray | None = None,
+            up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
+    """World -> camera rotation ``R_cw`` ``(3, 3)`` of an optical-frame camera at ``eye`` ``(3,)`` looking at
+    ``target`` (default the origin), image "up" towards ``up``: rows are the camera's x (right), y (down)
+    and z (forward) axes in world coordinates, so ``x_camera = R_cw @ (x_world - eye)``. ValueError when
+    the camera looks along ``up``."""
+    eye = np.asarray(eye, dtype=np.float64)
+    tgt = np.zeros(3) if target is None else np.asarray(target, dtype=np.float64)
+    forward = tgt - eye
+    n = np.linalg.norm(forward)
+    if eye.shape != (3,) or tgt.shape != (3,) or not n > 0:
+        raise ValueError(f"need eye and target (3,) apart, got {eye} and {tgt}")
+    forward = forward / n
+    right = np.cross(forward, np.asarray(up, dtype=np.float64))
+    if np.linalg.norm(right) < 1e-9:
+        raise ValueError(f"the camera at {eye} looks along up {up}: its image rotation is undefined")
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    return np.stack((right, down, forward))

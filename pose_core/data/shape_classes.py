@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pose_core.pinhole import look_at
+
 __all__ = ["ROTATION_MODES", "SOURCES", "ShapeSetConfig", "ShapeClassDataset", "random_rotations",
            "normalize_mesh", "depth_camera", "view_depth", "collate_shapes"]
 
@@ -113,11 +115,7 @@ def depth_camera(config: ShapeSetConfig) -> tuple[np.ndarray, np.ndarray, np.nda
     optical axis at ``camera_distance``); the unit sphere fills the crop with a 10 % margin."""
     e = math.radians(config.elevation_deg)
     eye = config.camera_distance * np.array([math.cos(e), 0.0, math.sin(e)])  # in the x-z plane, above
-    forward = -eye / np.linalg.norm(eye)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    R_cw = np.stack((right, down, forward))  # rows: camera axes in world coordinates (x right, y down, z fwd)
+    R_cw = look_at(eye)
     t = -R_cw @ eye
     S = config.depth_size
     half_angle = math.asin(1.0 / config.camera_distance) * 1.1
