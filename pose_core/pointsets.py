@@ -17,20 +17,27 @@ Conventions, stated once for the reconstruction code (:mod:`pose_core.models.rec
   within ``tau`` (Euclidean, not squared) of some target point, recall = fraction of target points within
   ``tau`` of some predicted point, ``F = 2 P R / (P + R)`` (0 when both are 0).
 
-The nearest neighbour is searched with one matrix product per row chunk (``|b|^2 - 2 a.b``, fast) and the
-distance to it is then recomputed from the difference ``a - b_j`` (exact: no ``|a|^2 + |b|^2 - 2 a.b``
-cancellation in the value or the gradient). Two candidates closer to each other than float rounding may be
-swapped by the search; the distance returned is then that of an equally near point. Memory ``O(B N)`` plus
+The nearest neighbour is searched (on CPU, for large sets, with SciPy's k-d tree in float64; otherwise with
+one matrix product per row chunk, ``|b|^2 - 2 a.b``) and the distance to it is then recomputed in torch from
+the difference ``a - b_j`` (exact: no ``|a|^2 + |b|^2 - 2 a.b`` cancellation in the value or the gradient).
+Two candidates closer to each other than float rounding may be swapped by the matrix-product search; the
+distance returned is then that of an equally near point. Memory ``O(B N)`` plus
 one chunk, so 5,000 x 5,000 points fit. Plain PyTorch: differentiable, CPU or CUDA.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["nearest_distances", "chamfer_distance", "f_score"]
+__all__ = ["nearest_distances", "chamfer_distance", "f_score", "shape_scores", "SCORE_TAUS"]
+
+#: The F-score thresholds every reconstruction is scored at: the seed study's 0.05 and Tatarchenko et al.'s
+#: 1 % of the object's size.
+SCORE_TAUS = (0.05, 0.01)
 
 _CHUNK_ELEMENTS = 2**24  # B * rows * M pairs per chunk (64 MB of float32 scores)
+_KDTREE_PAIRS = 2**18  # N * M from which a CPU search uses a k-d tree (256 x 1024 points and up)
 
 
 def _as_batch(points: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
@@ -58,9 +65,17 @@ def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 def _nearest_index(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Index ``(B, N)`` into ``b`` ``(B, M, 3)`` of the nearest point to each point of ``a`` ``(B, N, 3)``
-    (not differentiated: a choice)."""
+    (not differentiated: a choice). Large CPU inputs: a k-d tree per set (exact, ``O(N log M)``); otherwise
+    (CUDA, small sets) one matrix product per row chunk."""
     B, N, _ = a.shape
     M = b.shape[1]
+    if a.device.type == "cpu" and N * M >= _KDTREE_PAIRS:
+        from scipy.spatial import cKDTree
+
+        a_np = a.detach().to(torch.float64).numpy()
+        b_np = b.detach().to(torch.float64).numpy()
+        idx_np = [cKDTree(b_np[i]).query(a_np[i], k=1, workers=-1)[1] for i in range(B)]
+        return torch.from_numpy(np.stack(idx_np)).long()
     rows = max(1, _CHUNK_ELEMENTS // max(1, B * M))
     idx = []
     with torch.no_grad():
@@ -122,3 +137,14 @@ def f_score(pred: torch.Tensor, target: torch.Tensor, tau: float) -> tuple[torch
     if single:
         return f1[0], precision[0], recall[0]
     return f1, precision, recall
+
+
+def shape_scores(pred: torch.Tensor, target: torch.Tensor,
+                 taus: tuple[float, ...] = SCORE_TAUS) -> dict[str, torch.Tensor]:
+    """Every score of a reconstruction, each ``(B,)``: ``chamfer`` and, per ``tau``, ``f1@tau``,
+    ``precision@tau``, ``recall@tau`` (keys formatted with ``:g``, e.g. ``"f1@0.05"``)."""
+    out = {"chamfer": chamfer_distance(pred, target).detach()}
+    for tau in taus:
+        f1, p, r = f_score(pred, target, tau)
+        out[f"f1@{tau:g}"], out[f"precision@{tau:g}"], out[f"recall@{tau:g}"] = f1, p, r
+    return out

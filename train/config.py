@@ -20,10 +20,12 @@ from typing import Any
 import yaml
 
 from pose_core.data.randomize import Randomization
+from pose_core.data.reconstruction import ReconstructionSetConfig
 from pose_core.data.scenes import SceneConfig
 from pose_core.data.shape_classes import ShapeSetConfig
 from pose_core.model import CLASSIFIER_KINDS, MODEL_KINDS, ModelConfig
 from pose_core.models.pointnet import PointNetConfig
+from pose_core.models.reconstruction import ReconstructionConfig
 from pose_core.models.spherical_cnn import SphericalCNNConfig
 from pose_core.models.spyropose import SpyroPoseConfig
 from pose_core.refine.neural_mesh import NeuralMeshConfig
@@ -40,13 +42,16 @@ __all__ = [
     "apply_overrides",
     "DATASETS",
     "SHAPE_DATASETS",
+    "RECONSTRUCTION_DATASETS",
 ]
 
 #: Dataset kinds understood by :func:`train.datasets.build_dataset`.
 DATASETS = ("symsol", "symsol_dir", "mesh", "shards", "modelnet10", "pascal3d", "scenes", "procedural_shapes",
-            "modelnet40", "mesh_folder")
+            "modelnet40", "mesh_folder", "reconstruction_shapes")
 #: The shape-classification datasets (3D shapes, not images): for the classifier kinds.
 SHAPE_DATASETS = ("procedural_shapes", "modelnet40", "mesh_folder")
+#: Images with 3D shape targets (surface points, voxels, occupancy): for ``kind: reconstruction``.
+RECONSTRUCTION_DATASETS = ("reconstruction_shapes",)
 
 
 @dataclass
@@ -96,6 +101,11 @@ class DataConfig:
       (:class:`pose_core.data.shape_classes.ShapeSetConfig`; ``None``: its defaults). ``seed``: the views'.
       ``procedural_shapes`` adds one class per entry of ``meshes`` (e.g. the ``pybullet_data`` duck): a
       known object, the same mesh in other poses in the held-out split.
+    * ``reconstruction_shapes``: renders of the procedural set (split ``train`` / ``test``) with their 3D
+      targets, for ``kind: reconstruction`` (:class:`pose_core.data.reconstruction.ReconstructionDataset`);
+      ``recon_set`` (:class:`pose_core.data.reconstruction.ReconstructionSetConfig`; ``None``: its defaults)
+      says which classes, how many shapes, views, image size and targets; ``meshes`` add known objects
+      (``per_class`` shapes each: the one mesh, other views); ``seed``: the views'.
 
     ``randomize`` (rendered data only): domain randomisation, a
     :class:`pose_core.data.randomize.Randomization` mapping (``randomize: {}`` takes the defaults,
@@ -116,6 +126,7 @@ class DataConfig:
     randomize: Randomization | None = None
     scene: SceneConfig | None = None
     shape_set: ShapeSetConfig | None = None
+    recon_set: ReconstructionSetConfig | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -189,7 +200,8 @@ class TrainConfig:
     (section ``model``), ``spyropose`` (section ``spyropose``), ``neural_mesh`` (section ``neural_mesh``, the
     render-and-compare refiner of :mod:`pose_core.refine`), which two train on ``data.name: scenes``, or the
     shape classifiers ``spherical_cnn`` / ``pointnet`` (sections of those names) on ``procedural_shapes`` /
-    ``modelnet40``.
+    ``modelnet40``, or ``reconstruction`` (section ``reconstruction``: single-view 3D shape, five decoders) on
+    ``reconstruction_shapes``.
     ``epochs`` or ``max_steps`` (the smaller bound wins when both are set);
     ``max_seconds`` also stops it (wall time of this run, with a final evaluation and checkpoint).
     ``init_from``: a checkpoint whose weights the run starts from (fine-tuning: fresh optimizer,
@@ -207,6 +219,7 @@ class TrainConfig:
     neural_mesh: NeuralMeshConfig = field(default_factory=NeuralMeshConfig)
     spherical_cnn: SphericalCNNConfig = field(default_factory=SphericalCNNConfig)
     pointnet: PointNetConfig = field(default_factory=PointNetConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     epochs: int | None = 40
@@ -235,6 +248,9 @@ class TrainConfig:
         if (self.kind in CLASSIFIER_KINDS) != (self.data.name in SHAPE_DATASETS):
             raise ValueError(f"kind {self.kind!r} with data.name {self.data.name!r}: the shape classifiers "
                              f"{CLASSIFIER_KINDS} train on {SHAPE_DATASETS}, and those train only them")
+        if (self.kind == "reconstruction") != (self.data.name in RECONSTRUCTION_DATASETS):
+            raise ValueError(f"kind {self.kind!r} with data.name {self.data.name!r}: kind 'reconstruction' trains on "
+                             f"{RECONSTRUCTION_DATASETS}, and those train only it")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.epochs is None and self.max_steps is None:
@@ -354,7 +370,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 #: Config sections that default to ``None``: overriding one of their keys starts from these defaults.
 _OPTIONAL_SECTIONS: dict[str, type] = {"eval_data": DataConfig, "scene": SceneConfig, "shape_set": ShapeSetConfig,
-                                       "randomize": Randomization}
+                                       "randomize": Randomization, "recon_set": ReconstructionSetConfig}
 
 
 def apply_overrides(data: dict, overrides: Sequence[str], defaults: dict | None = None) -> dict:

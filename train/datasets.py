@@ -90,6 +90,18 @@ def scenes_dataset(data: DataConfig):
     return SE3RenderDataset(dataset_shapes(data), size=data.size, seed=data.seed, config=scene)
 
 
+def _known_objects(data: DataConfig, names: list[str], copies: int) -> list[tuple]:
+    """The meshes of ``data.meshes`` (e.g. ``pybullet_data`` ones) as ``(vertices, faces, label, name)`` shapes,
+    ``copies`` of each (other views of the one mesh), one new class per mesh appended to ``names``."""
+    shapes: list[tuple] = []
+    for spec in data.meshes:
+        soup = np.asarray(_mesh_shape(spec).mesh.positions, dtype=np.float64)  # (3T, 3)
+        faces = np.arange(len(soup), dtype=np.int64).reshape(-1, 3)
+        names.append(spec.name)
+        shapes += [(soup, faces, len(names) - 1, spec.name)] * copies
+    return shapes
+
+
 def shape_class_dataset(data: DataConfig):
     """The :class:`pose_core.data.shape_classes.ShapeClassDataset` of ``data`` (``procedural_shapes``,
     ``modelnet40`` or ``mesh_folder``); its ``class_names`` are the chosen classes, labels index them."""
@@ -108,11 +120,7 @@ def shape_class_dataset(data: DataConfig):
             raise ValueError("data.shape_set.per_class must be set for procedural shapes, got None")
         shapes = [(s.vertices, s.faces, names.index(s.name), s.name)
                   for s in procedural_split(data.split, cfg.per_class) if s.name in names]
-        for spec in data.meshes:  # known objects (e.g. pybullet_data meshes): one class each, per_class copies
-            soup = np.asarray(_mesh_shape(spec).mesh.positions, dtype=np.float64)  # (3T, 3)
-            faces = np.arange(len(soup), dtype=np.int64).reshape(-1, 3)
-            names.append(spec.name)
-            shapes += [(soup, faces, len(names) - 1, spec.name)] * cfg.per_class
+        shapes += _known_objects(data, names, cfg.per_class)
     elif data.name in ("modelnet40", "mesh_folder"):
         if data.name == "modelnet40":
             from pose_core.data.modelnet40 import MODELNET40_CLASSES, ModelNet40
@@ -138,6 +146,23 @@ def shape_class_dataset(data: DataConfig):
     return ShapeClassDataset(shapes, names, cfg, seed=data.seed)
 
 
+def reconstruction_dataset(data: DataConfig):
+    """The :class:`pose_core.data.reconstruction.ReconstructionDataset` of ``data`` (``reconstruction_shapes``):
+    procedural shapes of ``data.split`` plus the known objects of ``data.meshes``; ``class_names`` index labels."""
+    from pose_core.data.procedural import PROCEDURAL_CLASSES, procedural_split
+    from pose_core.data.reconstruction import ReconstructionDataset, ReconstructionSetConfig
+
+    cfg = data.recon_set if data.recon_set is not None else ReconstructionSetConfig()
+    names = list(cfg.classes) if cfg.classes is not None else list(PROCEDURAL_CLASSES)
+    unknown = [c for c in names if c not in PROCEDURAL_CLASSES]
+    if unknown:
+        raise ValueError(f"data.recon_set.classes: unknown procedural classes {unknown}; known: {PROCEDURAL_CLASSES}")
+    shapes = [(s.vertices, s.faces, names.index(s.name), s.name)
+              for s in procedural_split(data.split, cfg.per_class) if s.name in names]
+    shapes += _known_objects(data, names, cfg.per_class)
+    return ReconstructionDataset(shapes, names, cfg, seed=data.seed)
+
+
 def heldout_config(data: DataConfig, size: int) -> DataConfig:
     """The held-out twin of ``data``: rendered data with another seed and ``size`` items per shape
     (for shards: of the config they were rendered from); on-disk data with split ``test``."""
@@ -145,7 +170,7 @@ def heldout_config(data: DataConfig, size: int) -> DataConfig:
         data = shard_source(data)
     if data.name in ("symsol", "mesh", "scenes"):
         return dataclasses.replace(data, seed=data.seed + HELDOUT_SEED_OFFSET, size=size)
-    if data.name in ("procedural_shapes", "modelnet40", "mesh_folder"):  # held-out shapes, in other poses
+    if data.name in ("procedural_shapes", "modelnet40", "mesh_folder", "reconstruction_shapes"):  # held-out shapes
         return dataclasses.replace(data, split="test", seed=data.seed + HELDOUT_SEED_OFFSET)
     return dataclasses.replace(data, split="test", size=None, pascal_warp=False, pascal_synth=False)
 
@@ -172,6 +197,8 @@ def build_dataset(data: DataConfig) -> Dataset:
         return scenes_dataset(data)
     if data.name in ("procedural_shapes", "modelnet40", "mesh_folder"):
         return shape_class_dataset(data)
+    if data.name == "reconstruction_shapes":
+        return reconstruction_dataset(data)
     if data.name == "modelnet10":
         return pdata.ModelNet10SO3(data.root, split=data.split)  # type: ignore[arg-type]
     if data.name == "pascal3d":
@@ -190,6 +217,10 @@ def collate(batch):
         from pose_core.data.shape_classes import collate_shapes
 
         return collate_shapes(batch)
+    if batch and "occ" in batch[0]:
+        from pose_core.data.reconstruction import collate_reconstruction
+
+        return collate_reconstruction(batch)
     if batch and "t_hat" in batch[0]:
         from pose_core.data.scenes import se3_collate
 

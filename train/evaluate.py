@@ -48,7 +48,7 @@ from pose_core import metrics
 from pose_core.distribution import SO3Distribution
 from pose_core.model import ImageToSphere
 
-__all__ = ["evaluate", "evaluate_se3", "evaluate_classifier",
+__all__ = ["evaluate", "evaluate_se3", "evaluate_classifier", "evaluate_reconstruction", "score_reconstructions",
            "record_se3", "format_table", "resolve_eval_data", "main", "GROUP_KEYS",
            "SE3_KEYS"]
 
@@ -146,6 +146,70 @@ def evaluate(
 #: Keys of :func:`evaluate_se3`'s ``overall``.
 SE3_KEYS = ("n", "acc@15", "acc@30", "median_deg", "t_median_mm", "t_median_frac_distance", "t_median_frac_diameter",
             "ll_se3", "outside_box", "inside_95", "seconds_per_image")
+
+
+@torch.no_grad()
+def score_reconstructions(reconstruct: Any, dataset: Any, batch_size: int = 16, n_points: int = 5000,
+                          occupancy: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Score ``reconstruct`` (images ``(B, 3, S, S)`` -> points ``(B, n, 3)``, object frame) on every view of
+    ``dataset`` (a :class:`pose_core.data.reconstruction.ReconstructionDataset`) against its ground-truth surface
+    points (all of them): ``overall`` and ``per_class`` means of :func:`pose_core.pointsets.shape_scores`, plus
+    ``iou`` (:func:`pose_core.voxels.voxel_iou` at the data's voxel grid) when ``occupancy`` (images -> occupancy
+    probabilities ``(B, R, R, R)``) is given; ``seconds``: time in ``reconstruct`` per image. ``n_points`` is what
+    ``reconstruct`` is asked for; ``seed`` seeds the torch generator it receives (sampling methods)."""
+    from pose_core.data.reconstruction import collate_reconstruction
+    from pose_core.pointsets import shape_scores
+    from pose_core.voxels import voxel_iou
+
+    gen = torch.Generator().manual_seed(seed)
+    rows: dict[str, list[float]] = {}
+    classes: list[str] = []
+    seconds = 0.0
+    # batches by hand: a DataLoader draws its base seed from the global RNG, which a resumed run must not see
+    for start in range(0, len(dataset), batch_size):
+        batch = collate_reconstruction([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        t0 = time.perf_counter()
+        pred = reconstruct(batch["image"], n_points, gen)
+        seconds += time.perf_counter() - t0
+        scores = shape_scores(pred.float().cpu(), batch["points"])
+        if occupancy is not None:
+            grid = occupancy(batch["image"]).float().cpu()
+            if grid.shape[1:] != batch["voxels"].shape[1:]:  # another resolution: compare on the data's grid
+                grid = torch.nn.functional.interpolate(grid[:, None], size=batch["voxels"].shape[1:],
+                                                       mode="trilinear", align_corners=False)[:, 0]
+            scores["iou"] = voxel_iou(grid, batch["voxels"])
+        for k, v in scores.items():
+            rows.setdefault(k, []).extend(v.double().tolist())
+        classes += batch["shape"]
+    n = len(classes)
+    overall: dict[str, Any] = {k: float(np.mean(v)) for k, v in rows.items()}
+    overall["n"] = n
+    per_class = {}
+    for name in sorted(set(classes)):
+        idx = [i for i, c in enumerate(classes) if c == name]
+        per_class[name] = {k: float(np.mean([v[i] for i in idx])) for k, v in rows.items()} | {"n": len(idx)}
+    return {"overall": overall, "per_class": per_class, "seconds_per_image": seconds / max(n, 1)}
+
+
+def evaluate_reconstruction(model: Any, dataset: Any, batch_size: int = 16, n_points: int = 5000,
+                            seed: int = 0) -> dict[str, Any]:
+    """:func:`score_reconstructions` of a :class:`pose_core.models.reconstruction.ShapeReconstructor` (in eval
+    mode), with volumetric IoU for the voxel and implicit decoders. The points decoder answers with its own
+    ``n_points``; the others are sampled with ``n_points``."""
+    model.eval()
+    device = model.device
+
+    def run(images, n, gen):
+        return model.reconstruct(images.to(device), n_points=n, generator=gen if device.type == "cpu" else None)
+
+    occupancy = None
+    if model.config.decoder in ("voxels", "implicit"):
+        resolution = dataset.config.voxel_resolution if model.config.decoder == "implicit" else None
+
+        def occupancy(images):  # on the data's grid (the implicit decoder is queried at its cell centres)
+            return model.occupancy_grid(images.to(device), resolution=resolution)
+    return score_reconstructions(run, dataset, batch_size=batch_size, n_points=n_points, occupancy=occupancy,
+                                 seed=seed)
 
 
 @torch.no_grad()

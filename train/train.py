@@ -1,6 +1,7 @@
 """Train a model: ImageToSphere (SO(3)), SpyroPose (SE(3), ``kind: spyropose``), the neural mesh of
-the render-and-compare refiner (``kind: neural_mesh``, :mod:`pose_core.refine`) or a shape classifier
-(``kind: spherical_cnn`` / ``pointnet`` on 3D shapes: :mod:`pose_core.models.spherical_cnn`).
+the render-and-compare refiner (``kind: neural_mesh``, :mod:`pose_core.refine`), a shape classifier
+(``kind: spherical_cnn`` / ``pointnet`` on 3D shapes: :mod:`pose_core.models.spherical_cnn`) or a
+single-view shape reconstructor (``kind: reconstruction``: :mod:`pose_core.models.reconstruction`).
 
 Usage (from the repository root)::
 
@@ -53,7 +54,8 @@ from pose_core.models.spyropose import SpyroPose
 from train.config import TrainConfig, config_from_dict, config_to_dict, load_config
 from train.datasets import HELDOUT_SEED_OFFSET, build_dataset, collate, heldout_config, rendered_source
 
-__all__ = ["run", "main", "build_spyropose", "build_neural_mesh", "make_scheduler_lambda", "ResumableSampler",
+__all__ = ["run", "main", "build_spyropose", "build_neural_mesh", "build_reconstructor", "make_scheduler_lambda",
+           "ResumableSampler",
            "checkpoint_path", "hardware_info"]
 
 
@@ -219,12 +221,15 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
     se3 = cfg.kind == "spyropose"
     neural_mesh = cfg.kind == "neural_mesh"
     classifier = cfg.kind in CLASSIFIER_KINDS
+    reconstruction = cfg.kind == "reconstruction"
     if se3:
         model: Any = build_spyropose(cfg, train_set).to(device)
     elif classifier:
         model = build_classifier(cfg, train_set).to(device)
     elif neural_mesh:
         model = build_neural_mesh(cfg, train_set).to(device)
+    elif reconstruction:
+        model = build_reconstructor(cfg, train_set).to(device)
     else:
         model = ImageToSphere(**dataclasses.asdict(cfg.model)).to(device)
         model.input_size = rendered_source(cfg.data).image_size  # in the checkpoint: predict and the node resize to it
@@ -316,6 +321,20 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
             return None
         from train.evaluate import evaluate, evaluate_classifier, evaluate_se3
 
+        if reconstruction:
+            from train.evaluate import evaluate_reconstruction
+
+            res = evaluate_reconstruction(model, eval_set, batch_size=cfg.eval.batch_size)
+            model.train()
+            o = res["overall"]
+            iou = f"  IoU {o['iou']:.3f}" if "iou" in o else ""
+            print(f"eval step {step}: F1@0.05 {o['f1@0.05']:.3f}  F1@0.01 {o['f1@0.01']:.3f}  chamfer "
+                  f"{o['chamfer']:.5f}{iou} ({o['n']} views)", flush=True)
+            if writer is not None:
+                for k in ("f1@0.05", "f1@0.01", "chamfer", "iou"):
+                    if k in o:
+                        writer.add_scalar(f"eval/{k}", o[k], step)
+            return res
         if classifier:
             res = evaluate_classifier(model, eval_set, batch_size=cfg.eval.batch_size)
             model.train()
@@ -370,7 +389,14 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
                     print(f"max_seconds {cfg.max_seconds:g} reached at step {step}", flush=True)
                 break
             stats: dict[str, torch.Tensor] = {}
-            if classifier:  # 3D shapes (spherical signals or points) -> class
+            if reconstruction:  # image -> 3D shape
+                tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                # the step's target subsets from its own seed: a resumed run draws what an uninterrupted one does
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss, stats = ddp_model(tensors["image"], targets=tensors, generator=gen)  # through DDP's hooks
+                n_batch = tensors["image"].shape[0]
+            elif classifier:  # 3D shapes (spherical signals or points) -> class
                 inputs = batch[model.input_key].to(device, non_blocking=True)
                 labels = batch["label"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -396,7 +422,7 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, command: str 
                     loss, stats = ddp_model(images, batch["K"].to(device), rotations,
                                             batch["translation"].to(device) * unit, generator=gen,
                                             occluder_mask=None if occ is None else occ.to(device))
-            elif not classifier:
+            elif not classifier and not reconstruction:
                 loss = _loss(ddp_model, model, images, rotations, amp_dtype if use_amp else None)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -483,6 +509,21 @@ def build_classifier(cfg: TrainConfig, train_set: Any) -> Any:
     return SphericalCNN(cfg.spherical_cnn, class_names=train_set.class_names)
 
 
+def build_reconstructor(cfg: TrainConfig, train_set: Any) -> Any:
+    """A fresh :class:`pose_core.models.reconstruction.ShapeReconstructor` for ``train_set`` (a
+    ``ReconstructionDataset``); ValueError when the data's image size or voxel grid is not the model's."""
+    from pose_core.models.reconstruction import ShapeReconstructor
+
+    m, d = cfg.reconstruction, train_set.config
+    if d.image_size != m.image_size:
+        raise ValueError(f"data.recon_set.image_size {d.image_size} differs from reconstruction.image_size "
+                         f"{m.image_size}: set them equal")
+    if m.decoder == "voxels" and d.voxel_resolution != m.voxel_resolution:
+        raise ValueError(f"data.recon_set.voxel_resolution {d.voxel_resolution} differs from "
+                         f"reconstruction.voxel_resolution {m.voxel_resolution}: set them equal")
+    return ShapeReconstructor(m, class_names=train_set.class_names)
+
+
 def build_neural_mesh(cfg: TrainConfig, train_set: Any) -> Any:
     """A fresh :class:`pose_core.refine.NeuralMesh` for the one object of ``train_set`` (a ``SE3RenderDataset``):
     its vertices from the unit-sphere mesh, its radius in metres from the scene."""
@@ -513,10 +554,12 @@ def _init_weights(model: Any, cfg: TrainConfig) -> None:
     """Load the weights of ``cfg.init_from`` into ``model``; ValueError if its model config differs."""
     ckpt = read_checkpoint(cfg.init_from)  # type: ignore[arg-type]
     want = dataclasses.asdict({"spyropose": cfg.spyropose, "neural_mesh": cfg.neural_mesh,
-                               "spherical_cnn": cfg.spherical_cnn, "pointnet": cfg.pointnet}.get(cfg.kind, cfg.model))
+                               "spherical_cnn": cfg.spherical_cnn, "pointnet": cfg.pointnet,
+                               "reconstruction": cfg.reconstruction}.get(cfg.kind, cfg.model))
     have = dict(ckpt["config"])
     # a neural mesh may change how it renders and trains (sigma, kappa, ...), not what its weights are
-    keys = NEURAL_MESH_ARCHITECTURE if cfg.kind == "neural_mesh" else tuple(k for k in want if k != "pretrained")
+    keys = NEURAL_MESH_ARCHITECTURE if cfg.kind == "neural_mesh" else tuple(
+        k for k in want if k not in ("pretrained", "class_names"))
     differ = {k: (have.get(k), want[k]) for k in keys if have.get(k) != want[k]}
     if differ:
         raise ValueError(f"init_from {cfg.init_from}: its model config differs from this run's "

@@ -224,9 +224,13 @@ class ShapeReconstructor(nn.Module):
         ``self.faces``."""
         return self.template + self.decoder(z).view(z.shape[0], -1, 3)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, targets: dict | None = None, generator: torch.Generator | None = None):
         """The decoder's raw output: voxel logits ``(B, R, R, R)``, points ``(B, N, 3)`` (points, parametric),
-        mesh vertices ``(B, V, 3)``, or the embedding ``(B, E)`` (implicit: query it with :meth:`occupancy_logits`)."""
+        mesh vertices ``(B, V, 3)``, or the embedding ``(B, E)`` (implicit: query it with :meth:`occupancy_logits`).
+        With ``targets`` (a batch dict, see :meth:`loss`): ``(loss, stats)`` instead, so that training through a
+        ``DistributedDataParallel`` wrapper's forward synchronises the gradients."""
+        if targets is not None:
+            return self._loss(images, targets, generator)
         z = self.embed(images)
         d = self.config.decoder
         if d == "voxels":
@@ -249,11 +253,14 @@ class ShapeReconstructor(nn.Module):
         """Training loss of a :func:`pose_core.data.reconstruction.collate_reconstruction` batch (on this model's
         device) and its parts; ``generator`` (CPU) draws the target subsets (and ``(u, v)``), so a resumed run
         draws what an uninterrupted one does."""
+        return self(batch["image"], targets=batch, generator=generator)
+
+    def _loss(self, images: torch.Tensor, batch: dict,
+              generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from pose_core.pointsets import chamfer_distance
         from pose_core.surface import laplacian_smoothing, sample_surfaces
 
         c = self.config
-        images = batch["image"]
         B = images.shape[0]
         z = self.embed(images)
         if c.decoder == "voxels":
