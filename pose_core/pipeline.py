@@ -34,6 +34,7 @@ boxes rejected and the notes a caller should log. Bad input raises :class:`Value
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -187,6 +188,8 @@ class ObjectEstimate:
             distribution is the filtered posterior; ``False`` on a track's first frame).
         sample_positions: ``(N, 3)`` m, the translation of each sample, for a model of SE(3) (the
             samples are then joint poses); ``None`` for a rotation model.
+        shape: the object's reconstructed shape in its own frame (:class:`pose_core.shape_fusion.ShapeEstimate`,
+            points in metres), when the estimator has a ``shaper``; ``None`` otherwise.
 
     With an SE(3) model (``model.pose_space == "se3"``, e.g. :class:`pose_core.models.SpyroPose`)
     ``translation`` is the learned joint mode's (``translation_source`` ``"model"``), ``covariance``
@@ -212,6 +215,7 @@ class ObjectEstimate:
     track_id: str = ""
     filtered: bool = False
     sample_positions: np.ndarray | None = None
+    shape: Any = None
 
     @property
     def rotation(self) -> np.ndarray:
@@ -263,14 +267,17 @@ class PoseEstimator:
         seed: of the sampling generator (the samples of a frame are reproducible per estimator).
         refiner: a :class:`~pose_core.refine.NeuralMesh` of the object, used when ``settings.refine`` is on
             (``None``: refinement unavailable; set :attr:`refiner` later to enable it).
+        shaper: a :class:`~pose_core.shape_fusion.ShapeEstimator`: every object's shape is reconstructed from
+            its crop after its pose (``ObjectEstimate.shape``; timing ``"shape"``); ``None``: no shapes.
 
     Not thread-safe: call :meth:`estimate` from one thread (the node's worker).
     """
 
     def __init__(self, model: Any, settings: EstimatorSettings | None = None, input_size: int | None = None,
-                 seed: int = 0, refiner: Any = None):
+                 seed: int = 0, refiner: Any = None, shaper: Any = None):
         self.model = model
         self.refiner = refiner
+        self.shaper = shaper
         self.input_size = int(input_size or getattr(model, "input_size", None) or FALLBACK_INPUT_SIZE)
         if self.input_size < 1:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")
@@ -350,7 +357,7 @@ class PoseEstimator:
             if s.refine:
                 frame.notes.append(("refine", "refine applies to rotation models only: this SE(3) model's "
                                               "estimates are not refined"))
-            return self._estimate_se3(rgb, Km, depth, boxes, frame, t0)
+            return self._with_shapes(rgb, Km, depth, self._estimate_se3(rgb, Km, depth, boxes, frame, t0))
 
         # 1-2. objects and their crops
         objects: list[tuple[int, Box | None, Region]] = []
@@ -444,6 +451,19 @@ class PoseEstimator:
         t4 = time.perf_counter()
         frame.timings_ms["translation"] = 1000 * (t4 - t3)
         frame.timings_ms["total"] = 1000 * (t4 - t0)
+        return self._with_shapes(rgb, Km, depth, frame)
+
+    def _with_shapes(self, rgb: np.ndarray, K: np.ndarray | None, depth: np.ndarray | None,
+                     frame: FrameEstimate) -> FrameEstimate:
+        """``frame`` with every object's ``shape`` (when there is a ``shaper``), its time in ``timings_ms``."""
+        if self.shaper is None or not frame.objects:
+            return frame
+        t = time.perf_counter()
+        shapes = self.shaper.estimate(rgb, K, depth, frame.objects)
+        frame.objects = [dataclasses.replace(o, shape=sh) for o, sh in zip(frame.objects, shapes, strict=True)]
+        ms = 1000 * (time.perf_counter() - t)
+        frame.timings_ms["shape"] = ms
+        frame.timings_ms["total"] = frame.timings_ms.get("total", 0.0) + ms
         return frame
 
     def warm_up(self, width: int = 224, height: int = 224, boxes: int = 0) -> float:

@@ -482,11 +482,11 @@ class _Run:
         if allow:
             _say(text + (f" ({held} more like it not shown)" if held else ""))
 
-    def open_outputs(self, node_settings: Any) -> None:
-        from pose_distribution_ros.outputs import OUTPUTS
+    def open_outputs(self, node_settings: Any, shapes: bool = False) -> None:
+        from pose_distribution_ros.outputs import OPTIONAL_OUTPUTS, OUTPUTS
 
         for name, (topic, msg_type) in OUTPUTS.items():
-            if name == "tf" and not node_settings.publish_tf:
+            if (name == "tf" and not node_settings.publish_tf) or (name in OPTIONAL_OUTPUTS and not shapes):
                 continue
             msgtype = msg_type.__module__.split(".")[0] + "/msg/" + msg_type.__name__
             qos = [_qos(100 if name == "tf" else 10)]  # tf2_ros's /tf depth, the node's publishers'
@@ -954,7 +954,7 @@ def _main(args: argparse.Namespace, started: float) -> int:
                         storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)  # fmt: skip
         writer.open()
         run.writer = writer
-        run.open_outputs(node_settings)
+        run.open_outputs(node_settings, shapes=estimator.shaper is not None)
         _say(f"writing {out_path} ({storage})")
         setup_s = time.monotonic() - started
         state, failure = "done", None

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from geometry_msgs.msg import Point, Pose, PoseArray, PoseWithCovarianceStamped, Quaternion, TransformStamped, Vector3
 from pose_distribution.msg import PoseDistribution, PoseDistributionArray, RotationMode
+from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import ColorRGBA
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 from visualization_msgs.msg import Marker
@@ -134,6 +135,19 @@ def transform_msg(estimate: ObjectEstimate, header: Any, child_frame_id: str) ->
     msg.transform.translation = Vector3(x=x, y=y, z=z)
     msg.transform.rotation = quaternion_msgs(estimate.orientation)[0]
     return msg
+
+
+def point_cloud_msg(points: np.ndarray, header: Any) -> PointCloud2:
+    """``sensor_msgs/PointCloud2`` of ``points`` ``(N, 3)`` (m): one row (``height`` 1), fields x, y, z float32,
+    little-endian, ``point_step`` 12, dense (every point finite: a non-finite input raises ValueError)."""
+    p = np.ascontiguousarray(points, dtype="<f4")
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"points must be (N, 3), got shape {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("points must be finite (the cloud is published dense)")
+    fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, n in enumerate("xyz")]
+    return PointCloud2(header=header, height=1, width=int(p.shape[0]), fields=fields, is_bigendian=False,
+                       point_step=12, row_step=12 * int(p.shape[0]), data=p.tobytes(), is_dense=True)
 
 
 def frame_suffix(box: Box, index: int) -> str:

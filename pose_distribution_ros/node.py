@@ -184,7 +184,33 @@ def build_estimator(values: Mapping[str, Any], log: Callable[[str], None]) -> tu
     estimator = PoseEstimator(model, estimator_settings, input_size=size)
     if estimator_settings.refine:
         estimator.refiner = load_refiner(str(values["refine_checkpoint"]), device, log)
+    if str(values["reconstruction_checkpoint"]):
+        estimator.shaper = load_shaper(values, node_settings.object_size_m, device, log)
     return estimator, node_settings, checkpoint
+
+
+def load_shaper(values: Mapping[str, Any], object_size_m: Any, device: str, log: Callable[[str], None]) -> Any:
+    """The shape estimator of parameter ``reconstruction_checkpoint`` on ``device``, sized by
+    ``reconstruction_size_m`` (0: the diagonal of ``object_size_m``, else 0.2 m).
+
+    Raises:
+        StartupError: missing, unreadable, or not a reconstruction checkpoint.
+    """
+    from pose_core.model import load_model
+    from pose_core.shape_fusion import ShapeEstimator
+
+    checkpoint = resolve_checkpoint(str(values["reconstruction_checkpoint"]))
+    try:
+        model = load_model(checkpoint, device=device)
+    except (FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as exc:
+        raise StartupError(f"cannot load reconstruction_checkpoint {checkpoint} on device {device!r}: {exc}") from exc
+    if getattr(model, "kind", None) != "reconstruction":
+        raise StartupError(f"reconstruction_checkpoint {checkpoint} holds a {getattr(model, 'kind', '?')} model, not "
+                           "a shape reconstruction (train one with train/train.py, kind reconstruction)")
+    size = float(values["reconstruction_size_m"]) or float(sum(x * x for x in object_size_m) ** 0.5) or 0.2
+    log(f"loaded shape reconstruction {checkpoint} ({model.config.decoder} decoder, {model.config.image_size} px); "
+        f"shapes on ~/shape, {size:g} m across without depth")
+    return ShapeEstimator(model, size_m=size)
 
 
 def load_refiner(path: str, device: str, log: Callable[[str], None]) -> Any:
@@ -301,7 +327,7 @@ class _PoseDistributionCore:
         self._output_publishers = {
             name: self.create_publisher(msg_type, topic, _RELIABLE_10)
             for name, (topic, msg_type) in outputs.OUTPUTS.items()
-            if name != "tf"
+            if name != "tf" and (name not in outputs.OPTIONAL_OUTPUTS or self._estimator.shaper is not None)
         }
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", _RELIABLE_10)
         self._tf = _TfPublisher(self)

@@ -15,7 +15,10 @@ Per object (highest box score first), all stamped with the image's header:
   mode with the 6x6 covariance; bbox centred on the mode, size ``object_size_m`` (0 when unknown);
 * ``markers`` (``visualization_msgs/MarkerArray``): namespace = the object's child frame name
   (:func:`child_frame`), ids :data:`~pose_distribution_ros.messages.MARKER_IDS`;
-* ``tf``: one ``TransformStamped`` per object, camera frame -> :func:`child_frame`.
+* ``tf``: one ``TransformStamped`` per object, camera frame -> :func:`child_frame`;
+* ``shape`` (``sensor_msgs/PointCloud2``, only with a ``reconstruction_checkpoint``): one cloud per object
+  whose shape was reconstructed, in metres, ``header.frame_id`` = the object's :func:`child_frame` (so that
+  with TF a planner sees it in the camera frame), the image's stamp.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from pose_distribution.msg import PoseDistribution, PoseDistributionArray
+from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
@@ -34,7 +38,7 @@ from pose_core.pipeline import FrameEstimate, ObjectEstimate
 from pose_distribution_ros import messages
 from pose_distribution_ros.parameters import NodeSettings
 
-__all__ = ["OUTPUTS", "FrameMessages", "OutputBuilder", "child_frame"]
+__all__ = ["OUTPUTS", "OPTIONAL_OUTPUTS", "FrameMessages", "OutputBuilder", "child_frame"]
 
 #: output name -> (topic, relative to the node unless absolute; message type).
 OUTPUTS: dict[str, tuple[str, type]] = {
@@ -45,7 +49,11 @@ OUTPUTS: dict[str, tuple[str, type]] = {
     "detections": ("~/detections", Detection3DArray),
     "markers": ("~/markers", MarkerArray),
     "tf": ("/tf", TFMessage),
+    "shape": ("~/shape", PointCloud2),
 }
+
+#: Outputs made only when an option is on (the node creates their publishers then, the bag their topics).
+OPTIONAL_OUTPUTS = ("shape",)
 
 
 def child_frame(estimate: ObjectEstimate, object_frame_id: str) -> str:
@@ -67,6 +75,7 @@ class FrameMessages:
     distribution: PoseDistribution | None = None
     pose: PoseWithCovarianceStamped | None = None
     samples: PoseArray | None = None
+    shapes: list[PointCloud2] = field(default_factory=list)
 
     def items(self, publish_tf: bool = True) -> list[tuple[str, Any]]:
         """``(output name, message)`` in publishing order, skipping what is absent (``tf``: one
@@ -75,6 +84,7 @@ class FrameMessages:
         out += [(k, m) for k, m in (("distribution", self.distribution), ("pose", self.pose),
                                     ("samples", self.samples)) if m is not None]  # fmt: skip
         out += [("detections", self.detections), ("markers", self.markers)]
+        out += [("shape", m) for m in self.shapes]
         if publish_tf and self.transforms:
             out.append(("tf", TFMessage(transforms=self.transforms)))
         return out
@@ -121,6 +131,8 @@ class OutputBuilder:
                     messages.marker_msgs(o, header, f, settings.marker_axis_length_m, label, settings.marker_samples)
                 )
             out.transforms.append(messages.transform_msg(o, header, f))
+            if o.shape is not None:
+                out.shapes.append(messages.point_cloud_msg(o.shape.points, Header(stamp=header.stamp, frame_id=f)))
         if dists:
             out.distribution = dists[0]
             out.pose = messages.pose_with_covariance_msg(frame.objects[0], header)

@@ -6,7 +6,7 @@ Conventions, stated once for the reconstruction code:
   that its bounding-box diagonal is 1 (:func:`unit_diagonal`; ShapeNet's and R2N2's normalisation), z up
   (the procedural set's). Every target (surface points, voxels, occupancy) and every prediction of
   :mod:`pose_core.models.reconstruction` is in this frame: a planner gets it in the camera frame with
-  the object's pose (TF) and in metres with its size (:func:`pose_core.reconstruction_fusion`).
+  the object's pose (TF) and in metres with its size (:mod:`pose_core.shape_fusion`).
 * **Views.** A camera on a sphere of radius ``camera_distance`` around the shape, at azimuth
   ``U[0, 360)`` degrees and elevation ``U[elevation_deg]`` (R2N2 renders 24 views at 25-30 degrees up),
   looks at the centre with z up in the image; ``rotation`` ``(3, 3)`` is object -> camera

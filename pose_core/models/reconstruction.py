@@ -84,7 +84,8 @@ class ReconstructionConfig:
             "w_chamfer, w_smooth >= 0": self.w_chamfer >= 0 and self.w_smooth >= 0,
             "loss_points >= 1, occupancy_batch >= 1": self.loss_points >= 1 and self.occupancy_batch >= 1,
             "implicit_resolution >= 8 and even": self.implicit_resolution >= 8 and self.implicit_resolution % 2 == 0,
-            "patches >= 1 dividing n_points": self.patches >= 1 and self.n_points % self.patches == 0,
+            "patches >= 1 (parametric: dividing n_points)": self.patches >= 1 and (
+                self.decoder != "parametric" or self.n_points % self.patches == 0),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
