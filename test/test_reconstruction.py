@@ -293,3 +293,16 @@ def test_reconstruction_benchmark_quick(tmp_path):
     assert [s["n_points"] for s in r["study"]] == [100, 200] and r["classes"] == ["box", "torus", "chair"]
     assert "n_points" in proc.stdout and "retrieval" in proc.stdout
     assert len(list((tmp_path / "ckpt").glob("recon_*.pt"))) == 6
+
+
+def test_known_meshes_join_the_set_with_solid_targets():
+    """data.meshes (a pybullet_data mesh) adds a class whose triangle soup is solid for the winding number
+    (outward faces): its voxels are filled, not empty, and its surface points lie in the grid's cube."""
+    from train.datasets import build_dataset
+
+    cfg = load_config(TINY, ["data.meshes=[{path: pybullet_data/duck_vhacd.urdf, name: duck}]"])
+    ds = build_dataset(cfg.data)
+    assert ds.class_names == ["box", "torus", "chair", "duck"]
+    duck = len(ds.shapes) - 1
+    assert ds.shape_names[duck] == "duck" and 0.02 < ds.voxels[duck].mean() < 0.5
+    assert 0.1 < ds.occ[duck].mean() < 0.9 and abs(ds.surface[duck]).max() <= 0.5 + 1e-6
