@@ -47,11 +47,11 @@ __all__ = [
 
 #: Dataset kinds understood by :func:`train.datasets.build_dataset`.
 DATASETS = ("symsol", "symsol_dir", "mesh", "shards", "modelnet10", "pascal3d", "scenes", "procedural_shapes",
-            "modelnet40", "mesh_folder", "reconstruction_shapes")
+            "modelnet40", "mesh_folder", "reconstruction_shapes", "r2n2")
 #: The shape-classification datasets (3D shapes, not images): for the classifier kinds.
 SHAPE_DATASETS = ("procedural_shapes", "modelnet40", "mesh_folder")
 #: Images with 3D shape targets (surface points, voxels, occupancy): for ``kind: reconstruction``.
-RECONSTRUCTION_DATASETS = ("reconstruction_shapes",)
+RECONSTRUCTION_DATASETS = ("reconstruction_shapes", "r2n2")
 
 
 @dataclass
@@ -106,6 +106,9 @@ class DataConfig:
       ``recon_set`` (:class:`pose_core.data.reconstruction.ReconstructionSetConfig`; ``None``: its defaults)
       says which classes, how many shapes, views, image size and targets; ``meshes`` add known objects
       (``per_class`` shapes each: the one mesh, other views); ``seed``: the views'.
+    * ``r2n2``: the R2N2 ShapeNet release under ``root`` (:class:`pose_core.data.r2n2.R2N2`: renders, 32^3
+      voxels, cameras), the models of ``split`` listed in ``root/splits.json`` (``{synset: {"train": [ids],
+      "test": [ids]}}``); ``recon_set.classes``: synset ids; image size and samples from ``recon_set``.
 
     ``randomize`` (rendered data only): domain randomisation, a
     :class:`pose_core.data.randomize.Randomization` mapping (``randomize: {}`` takes the defaults,
@@ -131,7 +134,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             raise ValueError(f"data.name must be one of {DATASETS}, got {self.name!r}")
-        needs_root = ("symsol_dir", "shards", "modelnet10", "pascal3d", "modelnet40", "mesh_folder")
+        needs_root = ("symsol_dir", "shards", "modelnet10", "pascal3d", "modelnet40", "mesh_folder", "r2n2")
         if self.name in needs_root and not self.root:
             raise ValueError(f"data.name={self.name!r} needs data.root (the dataset folder), got {self.root!r}")
         if self.name == "mesh" and not self.meshes:

@@ -170,7 +170,7 @@ def heldout_config(data: DataConfig, size: int) -> DataConfig:
         data = shard_source(data)
     if data.name in ("symsol", "mesh", "scenes"):
         return dataclasses.replace(data, seed=data.seed + HELDOUT_SEED_OFFSET, size=size)
-    if data.name in ("procedural_shapes", "modelnet40", "mesh_folder", "reconstruction_shapes"):  # held-out shapes
+    if data.name in ("procedural_shapes", "modelnet40", "mesh_folder", "reconstruction_shapes", "r2n2"):  # held out
         return dataclasses.replace(data, split="test", seed=data.seed + HELDOUT_SEED_OFFSET)
     return dataclasses.replace(data, split="test", size=None, pascal_warp=False, pascal_synth=False)
 
@@ -199,6 +199,18 @@ def build_dataset(data: DataConfig) -> Dataset:
         return shape_class_dataset(data)
     if data.name == "reconstruction_shapes":
         return reconstruction_dataset(data)
+    if data.name == "r2n2":
+        from pose_core.data.r2n2 import R2N2
+        from pose_core.data.reconstruction import ReconstructionSetConfig
+
+        rc = data.recon_set if data.recon_set is not None else ReconstructionSetConfig()
+        split_file = Path(data.root) / "splits.json"  # type: ignore[arg-type]
+        if not split_file.is_file():
+            raise FileNotFoundError(f"data.name=r2n2 needs {split_file} ({{synset: {{train: [model ids], test: "
+                                    "[...]}}}}): it tells the training models from the held-out ones")
+        return R2N2(data.root, split=data.split, split_file=split_file, synsets=rc.classes,  # type: ignore[arg-type]
+                    image_size=rc.image_size, surface_points=rc.surface_points, occupancy_points=rc.occupancy_points,
+                    seed=data.seed)
     if data.name == "modelnet10":
         return pdata.ModelNet10SO3(data.root, split=data.split)  # type: ignore[arg-type]
     if data.name == "pascal3d":
