@@ -60,3 +60,105 @@ def test_bad_input(tmp_path):
         plot_so3_distribution(dist, path=tmp_path / "x.jpg")
     with pytest.raises(ValueError, match="image"):
         plot_so3_distribution(dist, image=torch.zeros(4, 5))
+
+
+# ---------------------------------------------------------------------------- reconstruction pictures
+def _scatter_points(ax):
+    import numpy as np
+
+    (collection,) = ax.collections
+    return np.stack([np.asarray(c, dtype=float) for c in collection._offsets3d], axis=1)
+
+
+def _cloud(n, seed):
+    return torch.rand((n, 3), generator=torch.Generator().manual_seed(seed)) - 0.5
+
+
+def _is_png(path):
+    data = path.read_bytes()
+    return len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_reconstruction(tmp_path):
+    import numpy as np
+
+    from pose_core.plots import plot_reconstruction
+
+    pred, target = _cloud(40, 1), _cloud(25, 2)
+    image = (torch.rand(16, 16, 3) * 255).to(torch.uint8).numpy()
+    path = tmp_path / "sub" / "rec.png"
+    fig = plot_reconstruction(image, pred, target, path=path, title="F1 0.50  CD 0.010", elevation_deg=30,
+                              azimuth_deg=45)
+    assert _is_png(path)
+    image_ax, pred_ax, target_ax = fig.axes
+    assert image_ax.images and not image_ax.collections
+    np.testing.assert_allclose(_scatter_points(pred_ax), pred.numpy(), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(_scatter_points(target_ax), target.numpy(), rtol=0, atol=1e-7)
+    for ax in (pred_ax, target_ax):
+        for lim in (ax.get_xlim(), ax.get_ylim(), ax.get_zlim()):
+            assert lim == pytest.approx((-0.5, 0.5))
+        assert (ax.elev, ax.azim) == (30, 45)
+        assert tuple(ax.get_box_aspect() / ax.get_box_aspect()[0]) == pytest.approx((1, 1, 1))
+        # coloured by height: the colour values are the z coordinates, on one fixed scale
+        collection = ax.collections[0]
+        assert collection.norm.vmin == -0.5 and collection.norm.vmax == 0.5
+        np.testing.assert_allclose(collection.get_array(), _scatter_points(ax)[:, 2], atol=1e-7)
+    assert fig._suptitle.get_text() == "F1 0.50  CD 0.010"
+    # a (3, H, W) float image is accepted too
+    assert len(plot_reconstruction(torch.rand(3, 8, 8), pred, target).axes) == 3
+
+
+def test_plot_reconstructions(tmp_path):
+    import numpy as np
+
+    from pose_core.plots import plot_reconstructions
+
+    rows = [(torch.rand(3, 8, 8), _cloud(10 + i, i), _cloud(20 + i, 10 + i), f"shape {i}") for i in range(4)]
+    path = tmp_path / "grid.png"
+    fig = plot_reconstructions(rows, path=path, title="val")
+    assert _is_png(path)
+    assert len(fig.axes) == 12
+    for i, (_, pred, target, label) in enumerate(rows):
+        image_ax, pred_ax, target_ax = fig.axes[3 * i: 3 * i + 3]
+        assert image_ax.get_title() == label
+        np.testing.assert_allclose(_scatter_points(pred_ax), pred.numpy(), atol=1e-7)
+        np.testing.assert_allclose(_scatter_points(target_ax), target.numpy(), atol=1e-7)
+
+
+def test_plot_saliency(tmp_path):
+    import numpy as np
+
+    from pose_core.plots import plot_saliency
+
+    sal = torch.rand(12, 12)
+    path = tmp_path / "sal.png"
+    fig = plot_saliency(torch.rand(3, 12, 12), sal, path=path, title="smoothgrad")
+    assert _is_png(path)
+    image_ax, heat_ax, overlay_ax = fig.axes
+    np.testing.assert_allclose(np.asarray(heat_ax.images[0].get_array()), sal.numpy(), atol=1e-7)
+    assert len(overlay_ax.images) == 2
+    np.testing.assert_allclose(np.asarray(overlay_ax.images[1].get_array()), sal.numpy(), atol=1e-7)
+
+
+def test_reconstruction_bad_input(tmp_path):
+    from pose_core.plots import plot_reconstruction, plot_reconstructions, plot_saliency
+
+    good = _cloud(5, 0)
+    with pytest.raises(ValueError, match="prediction"):
+        plot_reconstruction(torch.rand(3, 8, 8), torch.zeros(5, 2), good)
+    with pytest.raises(ValueError, match="target"):
+        plot_reconstruction(torch.rand(3, 8, 8), good, torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="finite"):
+        plot_reconstruction(torch.rand(3, 8, 8), good, torch.full((4, 3), float("nan")))
+    with pytest.raises(ValueError, match="image"):
+        plot_reconstruction(torch.rand(4, 8, 8), good, good)
+    with pytest.raises(ValueError, match="png"):
+        plot_reconstruction(torch.rand(3, 8, 8), good, good, path=tmp_path / "x.jpg")
+    with pytest.raises(ValueError, match="rows"):
+        plot_reconstructions([])
+    with pytest.raises(ValueError, match=r"rows\[1\]"):
+        plot_reconstructions([(torch.rand(3, 8, 8), good, good, "a"), (torch.rand(3, 8, 8), good, good)])
+    with pytest.raises(ValueError, match="saliency"):
+        plot_saliency(torch.rand(3, 8, 8), torch.rand(8, 9))
+    with pytest.raises(ValueError, match="saliency"):
+        plot_saliency(torch.rand(3, 8, 8), torch.rand(1, 8, 8))
