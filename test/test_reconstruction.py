@@ -293,6 +293,15 @@ def test_reconstruction_benchmark_quick(tmp_path):
     assert [s["n_points"] for s in r["study"]] == [100, 200] and r["classes"] == ["box", "torus", "chair"]
     assert "n_points" in proc.stdout and "retrieval" in proc.stdout
     assert len(list((tmp_path / "ckpt").glob("recon_*.pt"))) == 6
+    pictures = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reconstruction_pictures.py"), "--checkpoints", str(tmp_path / "ckpt"),
+         "--out", str(tmp_path / "pics"), "--views", "2", "--test-per-class", "1", "--threads", "1"],
+        cwd=ROOT, timeout=300, capture_output=True, text=True, env=env,
+    )
+    assert pictures.returncode == 0, pictures.stdout[-3000:] + pictures.stderr[-3000:]
+    for d in DECODERS:
+        assert (tmp_path / "pics" / f"{d}.png").stat().st_size > 0
+        assert (tmp_path / "pics" / f"saliency_{d}.png").stat().st_size > 0
 
 
 def test_known_meshes_join_the_set_with_solid_targets():
