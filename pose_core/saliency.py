@@ -139,9 +139,8 @@ def _score(model: nn.Module, x: torch.Tensor, kind: str, target: torch.Tensor | 
     return -chamfer_distance(pred, target).sum()
 
 
-def saliency(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None,
-             method: str = "smoothgrad", samples: int = 8, noise: float = 0.1,
-             generator: torch.Generator | None = None,
+def saliency(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None, samples: int = 8,
+             noise: float = 0.1, generator: torch.Generator | None = None, *, method: str = "smoothgrad",
              target_voxels: torch.Tensor | None = None) -> torch.Tensor:
     """Input-gradient saliency ``(B, S, S)`` float32 in [0, 1] (max 1 per image) of ``images`` ``(B, 3, S, S)``.
 
@@ -151,10 +150,12 @@ def saliency(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None
         target: target surface points ``(B, M, 3)`` (object frame): score = minus the chamfer distance of the
             model's point output to them (``points``, ``parametric``, ``mesh``); ignored by ``voxels`` /
             ``implicit`` (embedding score).
-        method: ``"smoothgrad"`` (average over ``samples`` noisy copies) or ``"gradient"`` (one plain map).
         samples: noisy copies of SmoothGrad (>= 1).
-        noise: SmoothGrad's noise standard deviation, a fraction of each image's value range (>= 0).
+        noise: SmoothGrad's noise standard deviation, a fraction of each image's value range (>= 0);
+            ``samples=1, noise=0`` is the plain gradient map (as ``method="gradient"``).
         generator: CPU generator of the noise (and of the mesh surface samples): same seed, same map.
+        method: ``"smoothgrad"`` (average over ``samples`` noisy copies) or ``"gradient"`` (one plain map of the
+            image itself; ``samples`` and ``noise`` unused). Keyword only.
         target_voxels: ``(B, R, R, R)`` occupancy in {0, 1} for the ``voxels`` / ``implicit`` BCE score.
 
     The score of each case is in the module docstring (and :func:`score_name`).

@@ -180,3 +180,23 @@ def test_bad_input():
         saliency(_tiny("voxels"), _images(), target_voxels=torch.rand(2, 16, 16, 16))
     with pytest.raises(ValueError, match="encoder"):
         grad_cam(nn.Linear(2, 2), _images())
+
+
+def test_positional_order_and_plain_gradient():
+    model = _tiny()
+    images, target = _images(), _target()
+    # saliency(model, images, target, samples, noise, generator): one noiseless copy is the plain gradient
+    plain = saliency(model, images, target, 1, 0.0, None)
+    torch.testing.assert_close(plain, saliency(model, images, target=target, method="gradient"))
+    with pytest.raises(TypeError):
+        saliency(model, images, target, 1, 0.0, None, "gradient")  # method is keyword only
+
+
+def test_zero_gradient_stays_zero():
+    # a freshly built mesh model's last layer is zero: no gradient reaches the image, the map is 0, not NaN
+    torch.manual_seed(0)
+    model = ShapeReconstructor(ReconstructionConfig(decoder="mesh", encoder="resnet18", pretrained=False,
+                                                    image_size=S, n_points=64, embedding=16, hidden=16, ico_level=1))
+    maps = saliency(model, _images(), target=_target(), samples=2, generator=torch.Generator().manual_seed(0))
+    assert maps.shape == (2, S, S) and maps.dtype == torch.float32
+    assert torch.all(maps == 0)
