@@ -18,6 +18,7 @@ from pose_core.data.r2n2 import (
     binvox_to_object_grid,
     r2n2_view_rotation,
     read_binvox,
+    read_r2n2_split,
     write_binvox,
 )
 from pose_core.data.reconstruction import collate_reconstruction
@@ -192,6 +193,7 @@ def test_camera_convention(az, el):
     np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
     assert np.linalg.det(R) == pytest.approx(1.0)
     assert (R @ [0.0, 0.0, 1.0])[1] < 0  # elevation > 0: the object's +z points up in the image
+    assert (R @ SHAPENET_TO_OBJECT @ [0.0, 1.0, 0.0])[1] < 0  # and so does ShapeNet's up, +y
     eye = -R.T @ [0.0, 0.0, 1.0]  # the camera's direction from the centre
     a, e = math.radians(az), math.radians(el)
     np.testing.assert_allclose(eye, [math.cos(e) * math.cos(a), -math.cos(e) * math.sin(a), math.sin(e)],
@@ -199,6 +201,17 @@ def test_camera_convention(az, el):
     # the published R2N2 extrinsics, in our optical axes (y down, z forward), on ShapeNet points
     np.testing.assert_allclose(R @ SHAPENET_TO_OBJECT, np.diag([1.0, -1.0, -1.0]) @ _meshrcnn_rotation(az, el),
                                atol=1e-12)
+
+
+def test_camera_positions_and_what_they_see():
+    # azimuth 0 on our +x (ShapeNet +x), turning clockwise seen from above: 90 on our -y (ShapeNet +z)
+    for az, eye in ((0.0, [1, 0, 0]), (90.0, [0, -1, 0]), (180.0, [-1, 0, 0]), (270.0, [0, 1, 0])):
+        np.testing.assert_allclose(-r2n2_view_rotation(az, 0.0).T @ [0.0, 0.0, 1.0], eye, atol=1e-12)
+    R = r2n2_view_rotation(90.0, 30.0)
+    top, right = R @ [0.0, 0.0, 0.4] + [0, 0, 2.0], R @ [0.4, 0.0, 0.0] + [0, 0, 2.0]  # camera frame, 2 away
+    assert top[1] / top[2] < 0  # the object's top projects above the image centre (image y down)
+    assert right[0] / right[2] > 0 and abs(right[1] / right[2]) < 0.1  # seen from -y, our +x is on the right
+    assert -R.T @ [0.0, 0.0, 1.0] @ [0.0, 0.0, 1.0] == pytest.approx(0.5)  # 30 degrees up: the camera is above
 
 
 def test_in_plane_rotation_is_a_roll_about_the_optical_axis():
@@ -211,13 +224,17 @@ def test_in_plane_rotation_is_a_roll_about_the_optical_axis():
 
 
 # ---------------------------------------------------------------------------------------------------- dataset
+SMALL = dict(split=None, image_size=16, surface_points=10, occupancy_points=8)  # every model, tiny samples
+
+
 def test_items_keys_shapes_dtypes(root):
-    ds = R2N2(root, image_size=32, surface_points=300, occupancy_points=128)
+    ds = R2N2(root, split=None, image_size=32, surface_points=300, occupancy_points=128)
     assert ds.class_names == sorted(SYNSETS) and ds.voxel_resolution == 32 == ds.config.voxel_resolution
+    assert ds.category_names == ["airplane", "chair"]
     assert len(ds) == 2 * 2 * 3 and len(ds.models) == 4
     assert ds.models[0] == ("02691156", "model_a")
     item = ds[4]  # model 1 (02691156/model_b), view 1
-    assert set(item) == ITEM_KEYS | {"azimuth_deg", "elevation_deg"}
+    assert set(item) == ITEM_KEYS | {"azimuth_deg", "elevation_deg", "distance_ratio", "fov_deg"}
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert 0 <= item["image"].min() and item["image"].max() <= 1
     assert item["points"].shape == (300, 3) and item["points"].dtype == torch.float32
@@ -227,7 +244,10 @@ def test_items_keys_shapes_dtypes(root):
     assert item["occ_points"].dtype == item["occ"].dtype == torch.float32
     assert item["rotation"].shape == (3, 3) and item["rotation"].dtype == torch.float32
     assert item["label"] == 0 and item["shape"] == "02691156" and item["shape_index"] == 1
-    assert (item["azimuth_deg"], item["elevation_deg"]) == (90.0, 25.0)
+    angles = ("azimuth_deg", "elevation_deg", "distance_ratio", "fov_deg")
+    assert tuple(item[k] for k in angles) == (90.0, 25.0, 0.8, 25.0)
+    assert all(type(item[k]) is float for k in angles)
+    assert ds[5]["distance_ratio"] == 0.75  # view 2
     np.testing.assert_allclose(item["rotation"].numpy(), r2n2_view_rotation(90.0, 25.0), atol=1e-6)
     assert ds[-1]["label"] == 1 and ds[-1]["shape"] == "03001627"
     with pytest.raises(IndexError):
@@ -235,16 +255,16 @@ def test_items_keys_shapes_dtypes(root):
 
 
 def test_image_composited_on_black(root):
-    item = R2N2(root, image_size=137)[2]  # native size: no resize; 02691156/model_a (s = m = 1) view 2
+    item = R2N2(root, split=None, image_size=137)[2]  # native size: no resize; 02691156/model_a (s = m = 1) view 2
     img = item["image"]
     assert img[:, 100:, 100:].abs().max() == 0  # transparent white background -> black
     np.testing.assert_allclose(img[:, 30, 30].numpy(), np.array([200, 80, 11]) / 255.0, atol=1e-6)
-    small = R2N2(root, image_size=16)[2]["image"]
+    small = R2N2(root, split=None, image_size=16)[2]["image"]
     assert small[:, 12:, 12:].abs().max() == 0 and small[0, 3, 3] > 0.5
 
 
 def test_voxels_points_and_occupancy_consistent(root):
-    ds = R2N2(root, image_size=16, surface_points=500, occupancy_points=400)
+    ds = R2N2(root, split=None, image_size=16, surface_points=500, occupancy_points=400)
     item = ds[0]
     v = item["voxels"].bool()
     centres = _occupied_centres(v.numpy())
@@ -264,59 +284,132 @@ def test_voxels_points_and_occupancy_consistent(root):
 
 
 def test_collate_reconstruction_batches_items(root):
-    ds = R2N2(root, image_size=24, surface_points=100, occupancy_points=64)
+    ds = R2N2(root, split=None, image_size=24, surface_points=100, occupancy_points=64)
     batch = collate_reconstruction([ds[i] for i in (0, 3, 7)])
     assert batch["image"].shape == (3, 3, 24, 24) and batch["voxels"].shape == (3, 32, 32, 32)
     assert batch["points"].shape == (3, 100, 3) and batch["occ"].shape == (3, 64)
-    assert batch["rotation"].shape == (3, 3, 3)
+    assert batch["occ_points"].shape == (3, 64, 3) and batch["rotation"].shape == (3, 3, 3)
     assert batch["label"].tolist() == [0, 0, 1] and batch["shape_index"].tolist() == [0, 1, 2]
     assert batch["shape"] == ["02691156", "02691156", "03001627"]
 
 
-def test_views_synsets_and_split_file(root, tmp_path):
-    ds = R2N2(root, synsets=["03001627"], views=[2, 0], image_size=16, surface_points=10, occupancy_points=8)
+def test_views_and_synsets(root):
+    ds = R2N2(root, synsets=["03001627"], views=[2, 0], **SMALL)
     assert len(ds) == 4 and ds.class_names == ["03001627"] and ds[0]["label"] == 0
     assert [ds[i]["azimuth_deg"] for i in range(2)] == [200.5, 0.0]
-    assert len(R2N2(root, views=1, image_size=16, surface_points=10, occupancy_points=8)) == 4
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({s: {"train": ["model_b"], "test": ["model_a"]} for s in SYNSETS}))
-    train = R2N2(root, split="train", split_file=split, image_size=16, surface_points=10, occupancy_points=8)
-    assert [m for _, m in train.models] == ["model_b", "model_b"] and len(train) == 6
-    with pytest.raises(ValueError, match="split_file"):
-        R2N2(root, split="train")
+    assert len(R2N2(root, views=1, **SMALL)) == 4
+    with pytest.raises(ValueError, match="views"):
+        R2N2(root, views=[5], **SMALL)
+    with pytest.raises(ValueError, match="views"):
+        R2N2(root, views=4, **SMALL)
+    with pytest.raises(ValueError, match="string"):
+        R2N2(root, synsets="03001627", split=None)
+
+
+def _write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_split_file_ours_and_its_default_location(root, tmp_path):
+    kw = {k: v for k, v in SMALL.items() if k != "split"}
+    ours = {s: {"train": ["model_b"], "test": ["model_a"]} for s in SYNSETS}
+    split = _write_json(tmp_path / "split.json", ours)
+    train = R2N2(root, "train", split_file=split, **kw)
+    assert train.models == [("02691156", "model_b"), ("03001627", "model_b")] and len(train) == 6
+    assert [m for _, m in R2N2(root, "test", split_file=split, **kw).models] == ["model_a", "model_a"]
+    only = R2N2(root, "train", ["03001627"], split, **kw)  # positional: root, split, synsets, split_file
+    assert only.class_names == ["03001627"] and only.models == [("03001627", "model_b")]
+    with pytest.raises(ValueError, match="split_file"):  # the default split "train" without a split file
+        R2N2(root, **kw)
+    _write_json(root / "splits.json", ours)
+    assert R2N2(root, **kw).models == train.models  # default: root/splits.json
     with pytest.raises(ValueError, match="no split 'val'"):
         R2N2(root, split="val", split_file=split)
-    with pytest.raises(ValueError, match="views"):
-        R2N2(root, views=[5])
+    with pytest.raises(ValueError, match="split=None"):
+        R2N2(root, split=None, split_file=split)
+    with pytest.raises(ValueError, match="04379243"):
+        R2N2(root, "train", synsets=["04379243"], split_file=split)
+    missing = _write_json(tmp_path / "missing.json", {"03001627": {"train": ["model_c"]}})
+    with pytest.raises(FileNotFoundError) as e:
+        R2N2(root, "train", split_file=missing, **kw)
+    assert str(root / "ShapeNetVox32" / "03001627" / "model_c" / "model.binvox") in str(e.value)
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        R2N2(root, "train", split_file=tmp_path / "nowhere.json")
+
+
+def test_split_file_pytorch3d_format_with_views(root, tmp_path):
+    kw = {k: v for k, v in SMALL.items() if k != "split"}
+    p3d = {"train": {"03001627": {"model_a": [0, 2], "model_b": [1]}, "02691156": {"model_a": [0, 1, 2]}},
+           "test": {"03001627": {"model_b": [0, 2]}}}
+    split = _write_json(tmp_path / "splits_full.json", p3d)
+    assert read_r2n2_split(split, "test") == {"03001627": [("model_b", [0, 2])]}
+    train = R2N2(root, "train", split_file=split, **kw)
+    assert train.models == [("02691156", "model_a"), ("03001627", "model_a"), ("03001627", "model_b")]
+    assert [train[i]["azimuth_deg"] for i in range(len(train))] == [0.0, 90.0, 200.5, 0.0, 200.5, 90.0]
+    assert [train[i]["shape_index"] for i in range(len(train))] == [0, 0, 0, 1, 1, 2]
+    test = R2N2(root, "test", split_file=split, **kw)
+    assert test.class_names == ["03001627"] and len(test) == 2
+    two = R2N2(root, "train", split_file=split, views=[2], **kw)  # model_b has no view 2 in train: not loaded
+    assert two.models == [("02691156", "model_a"), ("03001627", "model_a")] and len(two) == 2
+    first = R2N2(root, "train", split_file=split, views=1, **kw)  # the first listed view of each model
+    assert [first[i]["azimuth_deg"] for i in range(len(first))] == [0.0, 0.0, 90.0]
+    assert read_r2n2_split(_write_json(tmp_path / "l.json", {"val": {"03001627": ["model_a"]}}), "val") == {
+        "03001627": [("model_a", None)]}
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"train": {"03001627": {"model_a": [7]}}}, r"views \[7\]"),
+    ({"train": {"03001627": {"model_a": ["00.png"]}}}, "view indices"),
+    ({"train": {"03001627": 5}}, "list of model ids"),
+    ({"03001627": {"train": "model_a"}}, "list of model ids"),
+    ({"03001627": ["model_a"]}, "expected"),
+    ([["model_a"]], "expected"),
+])
+def test_split_file_errors(root, tmp_path, data, match):
+    split = _write_json(tmp_path / "bad.json", data)
+    with pytest.raises(ValueError, match=match) as e:
+        R2N2(root, "train", split_file=split)
+    assert "bad.json" in str(e.value) or "model_a" in str(e.value)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        R2N2(root, "train", split_file=split)
 
 
 def test_missing_files_are_named(root):
     vox = root / "ShapeNetVox32" / "02691156" / "model_b" / "model.binvox"
     vox.unlink()
     with pytest.raises(FileNotFoundError, match="model.binvox") as e:
-        R2N2(root)
+        R2N2(root, split=None)
     assert str(vox) in str(e.value)
     rdir = root / "ShapeNetRendering" / "03001627" / "model_a" / "rendering"
-    ds = R2N2(root, synsets=["03001627"], image_size=16, surface_points=10, occupancy_points=8)
+    ds = R2N2(root, synsets=["03001627"], **SMALL)
     (rdir / "01.png").unlink()
     with pytest.raises(FileNotFoundError) as e:
         ds[1]
     assert str(rdir / "01.png") in str(e.value)
+    (rdir / "01.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="not a decodable image") as e:
+        ds[1]
+    assert str(rdir / "01.png") in str(e.value)
     (rdir / "renderings.txt").unlink()
     with pytest.raises(FileNotFoundError) as e:
-        R2N2(root, synsets=["03001627"])
+        R2N2(root, synsets=["03001627"], split=None)
     assert str(rdir / "renderings.txt") in str(e.value)
+    (rdir / "renderings.txt").write_text("00.png\n01.png\n")  # 2 names, 3 metadata lines
+    with pytest.raises(ValueError, match="lists 2 renders"):
+        R2N2(root, synsets=["03001627"], split=None)
     (rdir / "renderings.txt").write_text("00.png\n01.png\n02.png\n")
     with pytest.raises(FileNotFoundError, match="R2N2 root"):
         R2N2(root / "nowhere")
     (root / "ShapeNetRendering" / "03001627" / "model_b" / "rendering" / "rendering_metadata.txt").write_text(
         "0 30 0\n")
     with pytest.raises(ValueError, match="line 1"):
-        R2N2(root, synsets=["03001627"], views=[0])
+        R2N2(root, synsets=["03001627"], views=[0], split=None)
 
 
 def test_determinism(root, tmp_path):
-    kw = dict(image_size=16, surface_points=200, occupancy_points=64)
+    kw = dict(split=None, image_size=16, surface_points=200, occupancy_points=64)
     a, b = R2N2(root, **kw), R2N2(_make_root(tmp_path / "copy"), **kw)
     for i in (0, 5, 11):
         x, y = a[i], b[i]

@@ -5,6 +5,7 @@
     root/ShapeNetRendering/{synset}/{model_id}/rendering/rendering_metadata.txt
         one line per view (same order): azimuth_deg elevation_deg in_plane_deg distance_ratio fov_deg
     root/ShapeNetVox32/{synset}/{model_id}/model.binvox                       32^3 solid voxels
+    root/splits.json (optional, any name: ``split_file``)                      which models are train / test
 
 served as items of :mod:`pose_core.data.reconstruction` (same keys, same object frame, same grid).
 
@@ -13,7 +14,7 @@ Conventions, stated once:
 * **Axes.** ShapeNet (and so the binvox files and the R2N2 cameras) is y up; our object frame is z up. One
   constant, :data:`SHAPENET_TO_OBJECT`, maps ShapeNet coordinates to ours for both the voxels and the
   cameras: ``(x, y, z) -> (x, -z, y)``, a proper rotation of +90 degrees about x (ShapeNet +y -> our +z,
-  ShapeNet +z, the models' front, -> our -y). It is the rotation Blender applies when it imports a ShapeNet
+  ShapeNet +z -> our -y, x kept). It is the rotation Blender applies when it imports a ShapeNet
   ``.obj``, so our object frame *is* the Blender world the R2N2 views were rendered in (meshrcnn's and
   PyTorch3D's ``compute_extrinsic_matrix`` fold the same matrix into the R2N2 extrinsics).
 * **binvox** (:func:`read_binvox`). Header ``#binvox 1``, ``dim D D D``, ``translate tx ty tz``, ``scale s``,
@@ -39,17 +40,27 @@ Conventions, stated once:
   their OpenGL camera axes (``diag(1, -1, -1)``). ``in_plane_deg`` (0 in every R2N2 view) is applied, when
   not 0, as a roll of the camera about its optical axis: ``Rz(in_plane) @ R`` in camera coordinates (the
   image content turns clockwise on screen by ``in_plane_deg``; a convention of ours, not checked against
-  the renderer, since R2N2 never uses it). ``distance_ratio`` and ``fov_deg`` are kept in
-  :attr:`R2N2.metadata` but not used (no intrinsics in the items).
+  the renderer, since R2N2 never uses it). ``distance_ratio`` (R2N2's camera distance is ``1.75 *
+  distance_ratio`` ShapeNet units) and ``fov_deg`` are passed on as floats but not used here.
+* **Split file** (:func:`read_r2n2_split`), JSON in either of two formats: ours, ``{synset: {"train": [model
+  ids], "test": [model ids]}}``, or PyTorch3D's (e.g. meshrcnn's ``pix2mesh_splits_val05.json``), ``{"train":
+  {synset: {model id: [view indices]}}, "val": ..., "test": ...}``, where a model's views may be split too
+  (only the listed views are loaded). A file whose top level has the requested split is read as the latter.
+* **Incomplete downloads** are errors, not skips: a listed model (in the split file, or a folder of renders
+  when ``split`` is ``None``) without its ``model.binvox``, render folder, ``renderings.txt`` or
+  ``rendering_metadata.txt`` raises :class:`FileNotFoundError` naming the missing path when the dataset is
+  built, and a missing or corrupt png when its view is read; a silent skip would change the split.
 * **Items** (:class:`R2N2`): exactly the keys of :class:`pose_core.data.reconstruction.ReconstructionDataset`
-  items plus ``azimuth_deg`` and ``elevation_deg`` (floats). ``image`` is the RGBA render composited on
+  items plus ``azimuth_deg``, ``elevation_deg``, ``distance_ratio`` and ``fov_deg`` (floats, from the
+  metadata line of the view). ``image`` is the RGBA render composited on
   black, resized to ``image_size`` with PIL's bilinear filter; ``points`` are
   :func:`pose_core.voxels.voxel_surface_points` of the voxels; ``occ_points`` are half uniform in the voxel
   cube and half near the voxel surface (surface points plus Gaussian noise of ``occupancy_sigma``), ``occ``
   their label by looking up the grid cell (0 outside the cube). Samples are drawn from ``seed`` and the
   model's index, so all views of a model share them and the dataset is the same wherever it is built.
   ``label`` is the index of the synset in the sorted loaded synsets (:attr:`R2N2.class_names`), ``shape``
-  the synset id, ``shape_index`` the model's index.
+  the synset id (``class_names[label]``, as the procedural set's class name; the readable name is in
+  :data:`R2N2_SYNSET_NAMES` and :attr:`R2N2.category_names`), ``shape_index`` the model's index.
 """
 
 from __future__ import annotations
@@ -67,8 +78,8 @@ from torch.utils.data import Dataset
 
 from pose_core.data._io import read_text_lines, require_dir, require_file
 
-__all__ = ["SHAPENET_TO_OBJECT", "R2N2", "R2N2Config", "read_binvox", "write_binvox", "binvox_to_object_grid",
-           "r2n2_view_rotation", "read_rendering_metadata"]
+__all__ = ["SHAPENET_TO_OBJECT", "R2N2_SYNSET_NAMES", "R2N2", "R2N2Config", "read_binvox", "write_binvox",
+           "binvox_to_object_grid", "r2n2_view_rotation", "read_rendering_metadata", "read_r2n2_split"]
 
 #: ShapeNet (y up) -> our object frame (z up): ``(x, y, z) -> (x, -z, y)``, +90 degrees about x.
 SHAPENET_TO_OBJECT = np.array([[1.0, 0.0, 0.0],
@@ -76,6 +87,13 @@ SHAPENET_TO_OBJECT = np.array([[1.0, 0.0, 0.0],
                                [0.0, 1.0, 0.0]])
 
 R2N2_VOXEL_RESOLUTION = 32
+
+#: The 13 R2N2 categories: ShapeNet synset id -> name (the names of PyTorch3D's ``r2n2_synset_dict.json``).
+R2N2_SYNSET_NAMES: dict[str, str] = {
+    "02691156": "airplane", "02828884": "bench", "02933112": "cabinet", "02958343": "car", "03001627": "chair",
+    "03211117": "display", "03636649": "lamp", "03691459": "loudspeaker", "04090263": "rifle", "04256520": "sofa",
+    "04379243": "table", "04401088": "telephone", "04530566": "watercraft",
+}
 
 
 # ---------------------------------------------------------------------------------------------------- binvox
@@ -222,6 +240,46 @@ def _read_render(path: Path, size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- dataset
+def read_r2n2_split(path: str | Path, split: str) -> dict[str, list[tuple[str, list[int] | None]]]:
+    """The models of ``split`` in the JSON split file ``path`` (either format of the module docstring):
+    ``{synset: [(model_id, view indices or None for all), ...]}`` in the file's order. Raises
+    :class:`FileNotFoundError` if missing and :class:`ValueError` naming the file if it is not valid JSON of
+    either format or lacks ``split``."""
+    p = require_file(path, "R2N2 split file")
+    try:
+        data = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"R2N2 split file {p} is not valid JSON: {e!r}") from e
+    shape = "{synset: {split: [model ids]}} or {split: {synset: {model id: [view indices]}}}"
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"R2N2 split file {p}: expected {shape}")
+    out: dict[str, list[tuple[str, list[int] | None]]] = {}
+    if split in data:  # {split: {synset: {model id: [views]}}} (PyTorch3D, meshrcnn) or {split: {synset: [ids]}}
+        for synset, models in data[split].items():
+            if isinstance(models, dict):
+                entries = [(m, v) for m, v in models.items()]
+                if not all(isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+                           for _, v in entries):
+                    raise ValueError(f"R2N2 split file {p}: {split}/{synset} must map model ids to view indices")
+                out[synset] = [(str(m), list(v)) for m, v in entries]
+            elif isinstance(models, list) and all(isinstance(m, str) for m in models):
+                out[synset] = [(m, None) for m in models]
+            else:
+                raise ValueError(f"R2N2 split file {p}: {split}/{synset} must be a list of model ids or a "
+                                 "{model id: [view indices]} mapping")
+        return out
+    missing = sorted(s for s, splits in data.items() if split not in splits)
+    if missing:
+        raise ValueError(f"R2N2 split file {p}: no split {split!r}, neither at the top level nor in the synsets "
+                         f"{missing} (expected {shape})")
+    for synset, splits in data.items():
+        ids = splits[split]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"R2N2 split file {p}: {synset}/{split} must be a list of model ids")
+        out[synset] = [(i, None) for i in ids]
+    return out
+
+
 @dataclass(frozen=True)
 class R2N2Config:
     """The item settings of :class:`R2N2` (the fields :class:`pose_core.data.reconstruction.ReconstructionSetConfig`
@@ -240,23 +298,27 @@ class R2N2(Dataset):
 
     Args:
         root: the folder holding ``ShapeNetRendering`` and ``ShapeNetVox32``.
-        split: ``"train"``, ``"test"`` (any key of the split file) or ``None`` (every model on disk).
-        split_file: JSON ``{synset: {"train": [model ids], "test": [model ids]}}``; needed with ``split``.
+        split: a split of the split file (``"train"``, ``"test"``, ...) or ``None``: every model on disk.
         synsets: the synset ids to load (default: the split file's, or every synset folder of renders).
+        split_file: the JSON split file (module docstring: both formats); default ``root/splits.json``.
+            Needed unless ``split`` is ``None`` (then it must not be given).
         image_size: side of ``image`` in pixels.
-        views: ``None`` (every view of ``renderings.txt``), an int ``n`` (the first ``n``) or view indices.
+        views: ``None`` (every view of the model: of ``renderings.txt``, or those the split file lists),
+            an int ``n`` (the first ``n`` of those) or view indices (those of them the model has).
         surface_points, occupancy_points: sizes of ``points`` and of ``occ_points`` (even).
         seed: of the per-model samples.
+        occupancy_sigma: the noise of the near-surface half of ``occ_points``.
 
-    Renders lists and metadata are read when the dataset is built; a model missing its voxels, its render
+    Render lists and metadata are read when the dataset is built; a model missing its voxels, its render
     folder, lists or a listed render raises :class:`FileNotFoundError` naming the path (renders when the
     view is read). ``models`` is the list of ``(synset, model_id)``, ``metadata[m]`` the ``(V, 5)`` metadata
-    of model ``m`` (:func:`read_rendering_metadata`)."""
+    of model ``m`` (:func:`read_rendering_metadata`), ``class_names`` the loaded synset ids (labels index
+    them) and ``category_names`` their readable names (:data:`R2N2_SYNSET_NAMES`)."""
 
-    def __init__(self, root: str | Path, split: str | None = None, split_file: str | Path | None = None,
-                 synsets: Sequence[str] | None = None, image_size: int = 64, views: int | Sequence[int] | None = None,
-                 surface_points: int = 5000, occupancy_points: int = 2048, seed: int = 0,
-                 occupancy_sigma: float = 0.02) -> None:
+    def __init__(self, root: str | Path, split: str | None = "train", synsets: Sequence[str] | None = None,
+                 split_file: str | Path | None = None, image_size: int = 64,
+                 views: int | Sequence[int] | None = None, surface_points: int = 5000, occupancy_points: int = 2048,
+                 seed: int = 0, occupancy_sigma: float = 0.02) -> None:
         checks = {"image_size >= 1": int(image_size) >= 1, "surface_points >= 1": int(surface_points) >= 1,
                   "occupancy_points >= 2 and even": int(occupancy_points) >= 2 and int(occupancy_points) % 2 == 0,
                   "occupancy_sigma > 0": float(occupancy_sigma) > 0}
@@ -273,11 +335,21 @@ class R2N2(Dataset):
         if isinstance(synsets, str):
             raise ValueError(f"synsets must be a sequence of synset ids, got the string {synsets!r}")
 
-        listed: dict[str, list[str]] | None = None
-        if split is not None:
+        listed: dict[str, list[tuple[str, list[int] | None]]] | None = None
+        if split is None:
+            if split_file is not None:
+                raise ValueError(f"split=None loads every model on disk: give a split to use {split_file}")
+        else:
             if split_file is None:
-                raise ValueError(f"split {split!r} needs a split_file")
-            listed = self._read_split(Path(split_file), split, synsets)
+                split_file = self.root / "splits.json"
+                if not split_file.is_file():
+                    raise ValueError(f"split {split!r} needs a split_file (none given and no {split_file}); "
+                                     "split=None loads every model on disk")
+            listed = read_r2n2_split(split_file, split)
+            if synsets is not None:
+                absent = sorted(set(synsets) - set(listed))
+                if absent:
+                    raise ValueError(f"R2N2 split file {split_file} has no split {split!r} of the synsets {absent}")
         if synsets is None:
             if listed is not None:
                 names = sorted(listed)
@@ -290,6 +362,7 @@ class R2N2(Dataset):
             if not names:
                 raise ValueError("synsets must name at least one synset")
         self.class_names: list[str] = names
+        self.category_names: list[str] = [R2N2_SYNSET_NAMES.get(s, s) for s in names]
 
         self.models: list[tuple[str, str]] = []
         self.metadata: list[np.ndarray] = []
@@ -297,12 +370,11 @@ class R2N2(Dataset):
         self._index: list[tuple[int, int]] = []  # (model, view) per item
         for synset in names:
             if listed is not None:
-                ids = listed.get(synset, [])
+                entries = listed[synset]
             else:
                 folder = require_dir(self.render_root / synset, f"R2N2 renders folder of synset {synset!r}")
-                ids = sorted(d.name for d in folder.iterdir() if d.is_dir())
-            for model_id in ids:
-                m = len(self.models)
+                entries = [(d.name, None) for d in sorted(folder.iterdir()) if d.is_dir()]
+            for model_id, allowed in entries:
                 require_file(self._voxel_path(synset, model_id), f"R2N2 voxels of model {synset}/{model_id}")
                 rdir = require_dir(self.render_root / synset / model_id / "rendering",
                                    f"R2N2 renders of model {synset}/{model_id}")
@@ -311,7 +383,10 @@ class R2N2(Dataset):
                 if len(meta) != len(pngs):
                     raise ValueError(f"R2N2 model {synset}/{model_id}: {rdir / 'renderings.txt'} lists {len(pngs)} "
                                      f"renders but {rdir / 'rendering_metadata.txt'} has {len(meta)} lines")
-                chosen = self._choose_views(views, len(pngs), rdir)
+                chosen = self._choose_views(views, len(pngs), rdir, allowed)
+                if not chosen:  # the split file gives none of the chosen views of this model to this split
+                    continue
+                m = len(self.models)
                 self.models.append((synset, model_id))
                 self.metadata.append(meta)
                 self._renders.append(pngs)
@@ -321,41 +396,25 @@ class R2N2(Dataset):
         self.model_labels = [names.index(s) for s, _ in self.models]
 
     # ------------------------------------------------------------------ helpers
-    def _read_split(self, path: Path, split: str, synsets: Sequence[str] | None) -> dict[str, list[str]]:
-        p = require_file(path, "R2N2 split file")
-        try:
-            data = json.loads(p.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"R2N2 split file {p} is not valid JSON: {e!r}") from e
-        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-            raise ValueError(f"R2N2 split file {p}: expected {{synset: {{split: [model ids]}}}}")
-        keep = set(data) if synsets is None else set(synsets)
-        out = {}
-        for synset, splits in data.items():
-            if synset not in keep:
-                continue
-            ids = splits.get(split)
-            if ids is None:
-                raise ValueError(f"R2N2 split file {p}: synset {synset!r} has no split {split!r} "
-                                 f"(it has {sorted(splits)})")
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise ValueError(f"R2N2 split file {p}: {synset}/{split} must be a list of model ids")
-            out[synset] = list(ids)
-        return out
-
     @staticmethod
-    def _choose_views(views, n: int, rdir: Path) -> list[int]:
+    def _choose_views(views, n: int, rdir: Path, allowed: list[int] | None) -> list[int]:
+        """The view indices of one model: ``views`` (see the class docstring) among ``allowed`` (the split
+        file's, ``None``: all ``n``)."""
+        bad = [v for v in (allowed or []) if not 0 <= v < n]
+        if bad:
+            raise ValueError(f"the split file lists views {bad} of {rdir}, which has {n} renders")
+        available = list(range(n)) if allowed is None else list(allowed)
         if views is None:
-            return list(range(n))
+            return available
         if isinstance(views, (int, np.integer)) and not isinstance(views, bool):
             if not 1 <= views <= n:
                 raise ValueError(f"views={views}: {rdir} has {n} renders")
-            return list(range(int(views)))
+            return available[:int(views)]
         chosen = [int(v) for v in views]
         bad = [v for v in chosen if not 0 <= v < n]
         if bad or not chosen:
             raise ValueError(f"views {list(views)}: need indices in 0..{n - 1} ({rdir} has {n} renders)")
-        return chosen
+        return [v for v in chosen if v in available]
 
     def _voxel_path(self, synset: str, model_id: str) -> Path:
         return self.voxel_root / synset / model_id / "model.binvox"
@@ -397,7 +456,7 @@ class R2N2(Dataset):
         t = self.model_targets(m)
         rdir = self.render_root / synset / model_id / "rendering"
         image = _read_render(rdir / self._renders[m][v], self.config.image_size)
-        az, el, in_plane = (float(x) for x in self.metadata[m][v, :3])
+        az, el, in_plane, distance_ratio, fov = (float(x) for x in self.metadata[m][v])
         return {
             "image": torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0),
             "points": t["points"].float(),
@@ -406,5 +465,5 @@ class R2N2(Dataset):
             "occ": t["occ"].float(),
             "label": int(self.model_labels[m]), "shape": synset, "shape_index": m,
             "rotation": torch.from_numpy(r2n2_view_rotation(az, el, in_plane).astype(np.float32)),
-            "azimuth_deg": az, "elevation_deg": el,
+            "azimuth_deg": az, "elevation_deg": el, "distance_ratio": distance_ratio, "fov_deg": fov,
         }
