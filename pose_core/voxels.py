@@ -11,7 +11,9 @@ Conventions, stated once:
   faces wound counter-clockwise seen from outside (outward normals by the right-hand rule). ``w`` is 1
   inside a closed surface and 0 outside; a shape made of overlapping closed parts (the procedural set)
   has ``w`` = the number of parts around ``p``; a point is occupied when ``w > 0.5``. Unlike ray parity,
-  this is right for overlapping parts and degrades gracefully on small holes.
+  this is right for overlapping parts. It is computed as the signed count of surface crossings of one
+  vertical ray (:func:`winding_number`), which equals the winding number for *closed* meshes only: under a
+  hole in an open mesh a whole column comes out wrong (a box without its top voxelizes to nothing).
 * :func:`voxel_surface_points` samples the surface of the union of occupied cells (the boundary squares
   between an occupied and an empty cell, PyTorch3D's ``cubify`` surface): how a voxel prediction is
   turned into points for :func:`pose_core.pointsets.f_score`.
