@@ -17,6 +17,9 @@ What one call does, in order (each step one module, conventions stated there):
 5. **Translation**: from the median valid depth in the crop when an aligned depth image and ``K``
    are given, else ``nominal_distance_m`` along the crop's viewing ray (the optical axis without
    ``K``), with a covariance that says which (:mod:`pose_core.pinhole`).
+6. **Shapes** (only with a ``shaper``, :class:`pose_core.shape_fusion.ShapeEstimator`): each object's shape
+   reconstructed from the same crop, in its frame, in metres (sized by the crop's depth points when there are
+   some), on ``ObjectEstimate.shape``.
 
 **Tracking** (only when ``estimate`` gets a ``stamp_s`` and ``settings.temporal_filter`` is on;
 :mod:`pose_core.tracking`): each object is associated with a track (``Box.id``, else the nearest

@@ -25,6 +25,8 @@ built per frame by :mod:`~pose_distribution_ros.outputs`, which says what each h
     class and score), ``~/markers`` (visualization_msgs/MarkerArray, when ``publish_markers``),
     ``/tf`` (camera frame -> ``object_frame_id``, when ``publish_tf``; with detections one child
     frame per box, ``<object_frame_id>_<Detection2D.id>``, or ``_<index>`` when the id is empty),
+    ``~/shape`` (sensor_msgs/PointCloud2, with a ``reconstruction_checkpoint``: one cloud per object,
+    its reconstructed shape in metres in its /tf child frame),
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, 1 Hz: latency, rates, drops, errors).
 
 Tracking: frames are filtered over time per object (``temporal_filter``; see
@@ -36,7 +38,8 @@ that is overwritten is dropped and counted); a worker thread, not the executor's
 estimator at most ``max_rate_hz`` times a second. Bad input is logged (rate-limited per kind of
 problem) and the node goes on with the next frame. When image stamps show that only part of the
 camera's frames arrive (lost in transport), the node warns and says what to do. A missing or
-unreadable checkpoint stops the node at start-up with exit status 1.
+unreadable checkpoint stops the node at start-up with exit status 1; a ``reconstruction_checkpoint``
+that cannot be used is logged as an error and the node serves poses without shapes.
 
 Run: ``python -m pose_distribution_ros.node --ros-args --params-file config/pose_distribution.yaml``;
 the managed (lifecycle) node: ``python -m pose_distribution_ros.node --lifecycle --ros-args ...``
@@ -134,10 +137,13 @@ def resolve_checkpoint(path: str) -> Path:
     )
 
 
-def build_estimator(values: Mapping[str, Any], log: Callable[[str], None]) -> tuple[Any, Any, Path]:
+def build_estimator(values: Mapping[str, Any], log: Callable[[str], None],
+                    error: Callable[[str], None] | None = None) -> tuple[Any, Any, Path]:
     """The estimator of parameter ``values`` (name -> value, every parameter), as the node and the
     bag command (:mod:`pose_distribution_ros.bag`) run it: checkpoint resolved, torch threads,
     run-time settings, model loaded on ``device``, ``image_size``, ``backend``; ``log`` gets one line.
+    A ``reconstruction_checkpoint`` that cannot be used (missing, unreadable, another kind) is said to
+    ``error`` (default ``log``) and leaves the shapes off: the poses are served without them.
 
     Returns:
         ``(PoseEstimator, NodeSettings, checkpoint path)``.
@@ -185,13 +191,18 @@ def build_estimator(values: Mapping[str, Any], log: Callable[[str], None]) -> tu
     if estimator_settings.refine:
         estimator.refiner = load_refiner(str(values["refine_checkpoint"]), device, log)
     if str(values["reconstruction_checkpoint"]):
-        estimator.shaper = load_shaper(values, node_settings.object_size_m, device, log)
+        try:
+            estimator.shaper = load_shaper(values, node_settings.object_size_m, model, device, log)
+        except StartupError as exc:
+            (error or log)(f"{exc}: shapes are off (no ~/shape), poses are published")
     return estimator, node_settings, checkpoint
 
 
-def load_shaper(values: Mapping[str, Any], object_size_m: Any, device: str, log: Callable[[str], None]) -> Any:
-    """The shape estimator of parameter ``reconstruction_checkpoint`` on ``device``, sized by
-    ``reconstruction_size_m`` (0: the diagonal of ``object_size_m``, else 0.2 m).
+def load_shaper(values: Mapping[str, Any], object_size_m: Any, pose_model: Any, device: str,
+                log: Callable[[str], None]) -> Any:
+    """The shape estimator of parameter ``reconstruction_checkpoint`` on ``device``. Its size without depth:
+    ``reconstruction_size_m``; 0: the diagonal of ``object_size_m``; zeros: the diameter of an SE(3)
+    ``pose_model``'s object; else 0.2 m.
 
     Raises:
         StartupError: missing, unreadable, or not a reconstruction checkpoint.
@@ -207,7 +218,8 @@ def load_shaper(values: Mapping[str, Any], object_size_m: Any, device: str, log:
     if getattr(model, "kind", None) != "reconstruction":
         raise StartupError(f"reconstruction_checkpoint {checkpoint} holds a {getattr(model, 'kind', '?')} model, not "
                            "a shape reconstruction (train one with train/train.py, kind reconstruction)")
-    size = float(values["reconstruction_size_m"]) or float(sum(x * x for x in object_size_m) ** 0.5) or 0.2
+    size = (float(values["reconstruction_size_m"]) or float(sum(x * x for x in object_size_m) ** 0.5)
+            or float(getattr(getattr(pose_model, "object", None), "diameter_m", 0.0)) or 0.2)
     log(f"loaded shape reconstruction {checkpoint} ({model.config.decoder} decoder, {model.config.image_size} px); "
         f"shapes on ~/shape, {size:g} m across without depth")
     return ShapeEstimator(model, size_m=size)
@@ -312,7 +324,8 @@ class _PoseDistributionCore:
         self._image_qos_name = qos_name
         self._detection_type = self._detection_message_type()
         values = {p.name: self.get_parameter(p.name).value for p in parameters.PARAMETERS}
-        self._estimator, self._node_settings, _ = build_estimator(values, log=self.get_logger().info)
+        self._estimator, self._node_settings, _ = build_estimator(values, log=self.get_logger().info,
+                                                                  error=self.get_logger().error)
         global messages, outputs, torch
         import torch
 

@@ -69,11 +69,13 @@ PARAMETERS: tuple[Parameter, ...] = (
               "class_id of the ~/detections results when the input detection has none (always without detections)."),
     Parameter("reconstruction_checkpoint", "",
               "A shape reconstruction checkpoint (train/train.py kind: reconstruction): each object's shape is then "
-              "published on ~/shape (sensor_msgs/PointCloud2, metres, in the object's TF frame); empty: off.",
+              "published on ~/shape (sensor_msgs/PointCloud2, metres, in the object's TF frame); empty: off. One that "
+              "cannot be loaded or holds another kind is logged as an error; poses are served without shapes.",
               read_only=True),
     Parameter("reconstruction_size_m", 0.0,
-              "Bounding-box diagonal (m) the reconstructed shape is scaled to without depth, and where the fit to "
-              "the visible depth points starts; 0: the diagonal of object_size_m, else 0.2.",
+              "Bounding-box diagonal (m) the reconstructed shape is scaled to without depth (with depth the size "
+              "is fitted to the visible points); 0: the diagonal of object_size_m, else an SE(3) model's object "
+              "diameter, else 0.2.",
               read_only=True, min=0.0, max=100.0),
     Parameter("object_size_m", [0.0, 0.0, 0.0],
               "Size (m) of the object along its own x, y, z axes: the ~/detections bbox size; zeros: unknown."),
