@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from pose_core import grids
+from pose_core.line_search import golden_section
 from pose_core.metrics import Equivalents, pad_equivalents
 
 __all__ = [
@@ -96,21 +97,6 @@ def maximise_over_temperature(objective: Callable[[float], float], bounds: tuple
                               iterations: int = 60) -> float:
     """The ``T`` in ``bounds`` maximising ``objective(T)`` (unimodal in ``log T``: golden-section search); e.g.
     the held-out log-likelihood of a model run at temperature ``T``."""
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    g = (math.sqrt(5) - 1) / 2
-
-    def loss(log_t: float) -> float:
-        return -objective(math.exp(log_t))
-
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = loss(a), loss(b)
-    for _ in range(iterations):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = loss(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = loss(b)
+    lo, hi, _, _ = golden_section(lambda log_t: -objective(math.exp(log_t)), math.log(bounds[0]),
+                                  math.log(bounds[1]), iterations)
     return math.exp(0.5 * (lo + hi))

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from pose_core import pinhole, preprocess
+from pose_core.line_search import golden_section
 
 __all__ = ["ShapeEstimate", "ShapeEstimator", "ShapeFit", "shape_in_metres", "observed_points_object", "fit_scale",
            "fit_shape", "fuse", "MIN_OBSERVED", "MAX_FIT_POINTS"]
@@ -174,22 +175,9 @@ def fit_scale(points_unit: np.ndarray, observed: np.ndarray, initial_m: float | 
     costs = np.array([cost(g, coarse) for g in grid])
     padded = np.concatenate([[np.inf], costs, [np.inf]])
     minima = np.nonzero((costs <= padded[:-2]) & (costs <= padded[2:]))[0]
-    ratio = (math.sqrt(5) - 1) / 2
     best, f_best = grid[int(np.argmin(costs))], math.inf
     for k in minima[np.argsort(costs[minima])][:3]:
-        lo, hi = grid[max(0, k - 1)], grid[min(steps - 1, k + 1)]
-        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        fa, fb = cost(a), cost(b)
-        for _ in range(12):
-            if fa < fb:
-                hi, b, fb = b, a, fa
-                a = hi - ratio * (hi - lo)
-                fa = cost(a)
-            else:
-                lo, a, fa = a, b, fb
-                b = lo + ratio * (hi - lo)
-                fb = cost(b)
-        x, fx = (a, fa) if fa < fb else (b, fb)
+        _, _, x, fx = golden_section(cost, grid[max(0, k - 1)], grid[min(steps - 1, k + 1)], 12)
         if fx < f_best:
             best, f_best = x, fx
     return float(math.exp(best))
