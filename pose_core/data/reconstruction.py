@@ -25,23 +25,20 @@ Per-shape targets and per-view images are computed once and cached on disk
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pose_core.data._cache import cached_arrays, shapes_cache_file
+
 __all__ = ["ReconstructionSetConfig", "ReconstructionDataset", "unit_diagonal", "view_rotation",
            "collate_reconstruction"]
 
 _CACHE_VERSION = 1
+_ARRAYS = ("images", "rotations", "surface", "voxels", "occ_points", "occ")  # what a dataset computes and caches
 
 
 @dataclass
@@ -117,16 +114,14 @@ class ReconstructionDataset(Dataset):
         self.shapes = shapes
         self.shape_labels = np.array([int(s[2]) for s in shapes], dtype=np.int64)
         self.shape_names = [str(s[3]) for s in shapes]
-        path = self._cache_path() if config.cache else None
-        arrays = self._load(path) if path is not None else None
-        if arrays is None:
-            arrays = self._compute()
-            if path is not None:
-                self._save(path, arrays)
+        path = shapes_cache_file("reconstruction_sets", _CACHE_VERSION, self.seed, config, shapes) if config.cache \
+            else None
+        n = len(shapes)
+        arrays = cached_arrays(path, self._compute, _ARRAYS, {"surface": n, "images": n * config.views})
         for k, v in arrays.items():
             setattr(self, k, v)
 
-    # ------------------------------------------------------------------ computing and caching
+    # ------------------------------------------------------------------ computing (cached: pose_core.data._cache)
     def _compute(self) -> dict[str, np.ndarray]:
         from pose_core.data.render import Camera, Renderer
         from pose_core.surface import sample_surface
@@ -169,41 +164,6 @@ class ReconstructionDataset(Dataset):
         finally:
             renderer.close()
         return out
-
-    def _cache_path(self) -> Path:
-        from pose_core.fourier import cache_dir
-
-        h = hashlib.sha1(json.dumps({"v": _CACHE_VERSION, "seed": self.seed,
-                                     "config": dataclasses.asdict(self.config)}, sort_keys=True).encode())
-        for vertices, faces, label, name in self.shapes:
-            h.update(np.ascontiguousarray(vertices, dtype=np.float64).tobytes())
-            h.update(np.ascontiguousarray(faces, dtype=np.int64).tobytes())
-            h.update(f"{int(label)}:{name};".encode())
-        return cache_dir() / "reconstruction_sets" / f"{h.hexdigest()[:20]}.npz"
-
-    def _load(self, path: Path) -> dict[str, np.ndarray] | None:
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path) as z:
-                arrays = {k: z[k] for k in ("images", "rotations", "surface", "voxels", "occ_points", "occ")}
-            n = len(self.shapes)
-            if len(arrays["surface"]) != n or len(arrays["images"]) != n * self.config.views:
-                return None
-            return arrays
-        except Exception:  # a corrupt or partial cache file is rebuilt, never trusted
-            return None
-
-    @staticmethod
-    def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-            os.close(fd)
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)  # atomic: readers never see a half-written file
-        except OSError:
-            pass  # a read-only cache only costs the recomputation
 
     # ------------------------------------------------------------------ Dataset
     def __len__(self) -> int:

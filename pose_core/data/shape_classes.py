@@ -21,19 +21,14 @@ loops, and cached on disk (:func:`pose_core.fourier.cache_dir`, keyed by everyth
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pose_core.data._cache import cached_arrays, shapes_cache_file
 from pose_core.pinhole import look_at
 
 __all__ = ["ROTATION_MODES", "SOURCES", "ShapeSetConfig", "ShapeClassDataset", "random_rotations",
@@ -145,16 +140,14 @@ class ShapeClassDataset(Dataset):
         self.shapes = shapes
         self.labels = np.array([int(s[2]) for s in shapes for _ in range(config.views)], dtype=np.int64)
         self.names = [str(s[3]) for s in shapes for _ in range(config.views)]
-        path = self._cache_path() if config.cache else None
-        arrays = self._load(path) if path is not None else None
-        if arrays is None:
-            arrays = self._compute()
-            if path is not None:
-                self._save(path, arrays)
-        self.signals, self.points, self.rotations = arrays
+        path = shapes_cache_file("shape_sets", _CACHE_VERSION, self.seed, config, shapes) if config.cache else None
+        n = len(self.labels)
+        arrays = cached_arrays(path, self._compute, ("signals", "points", "rotations"),
+                               {"signals": n, "points": n, "rotations": n})
+        self.signals, self.points, self.rotations = arrays["signals"], arrays["points"], arrays["rotations"]
 
-    # ------------------------------------------------------------------ computing and caching
-    def _compute(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # ------------------------------------------------------------------ computing (cached: pose_core.data._cache)
+    def _compute(self) -> dict[str, np.ndarray]:
         from pose_core.data.sphere_projection import depth_points, project_depth, project_mesh
         from pose_core.surface import sample_surface
 
@@ -184,44 +177,7 @@ class ShapeClassDataset(Dataset):
                     points[i] = visible[pick]
                 rotations[i] = R
                 i += 1
-        return signals, points, rotations
-
-    def _cache_path(self) -> Path:
-        """The cache file of these views: a hash of the shapes themselves (vertices, faces, labels), the
-        config and the seed, so that a changed shape or setting never reads a stale file."""
-        from pose_core.fourier import cache_dir
-
-        h = hashlib.sha1(json.dumps({"v": _CACHE_VERSION, "seed": self.seed,
-                                     "config": dataclasses.asdict(self.config)}, sort_keys=True).encode())
-        for vertices, faces, label, name in self.shapes:
-            h.update(np.ascontiguousarray(vertices, dtype=np.float64).tobytes())
-            h.update(np.ascontiguousarray(faces, dtype=np.int64).tobytes())
-            h.update(f"{int(label)}:{name};".encode())
-        return cache_dir() / "shape_sets" / f"{h.hexdigest()[:20]}.npz"
-
-    def _load(self, path: Path):
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path) as z:
-                arrays = z["signals"], z["points"], z["rotations"]
-            n = len(self.labels)
-            if any(len(a) != n for a in arrays):
-                return None
-            return arrays
-        except Exception:  # a corrupt or partial cache file is rebuilt, never trusted
-            return None
-
-    @staticmethod
-    def _save(path: Path, arrays) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-            os.close(fd)
-            np.savez(tmp, signals=arrays[0], points=arrays[1], rotations=arrays[2])
-            os.replace(tmp, path)  # atomic: readers never see a half-written file
-        except OSError:
-            pass  # a read-only cache only costs the recomputation
+        return {"signals": signals, "points": points, "rotations": rotations}
 
     # ------------------------------------------------------------------ Dataset
     def __len__(self) -> int:
