@@ -123,7 +123,7 @@ class ReconstructionDataset(Dataset):
 
     # ------------------------------------------------------------------ computing (cached: pose_core.data._cache)
     def _compute(self) -> dict[str, np.ndarray]:
-        from pose_core.data.render import Camera, Renderer
+        from pose_core.data.render import Camera, Mesh, Renderer
         from pose_core.surface import sample_surface
         from pose_core.voxels import VOXEL_HALF_EXTENT, occupancy, voxelize
 
@@ -155,7 +155,7 @@ class ReconstructionDataset(Dataset):
                 q = torch.cat([uniform, near])
                 out["occ_points"][i] = q.numpy()
                 out["occ"][i] = occupancy(v, f, q).numpy()
-                mesh = _render_mesh(v, f)
+                mesh = Mesh.from_indexed(v, f)  # flat-shaded, grey
                 angles = torch.rand((V, 2), generator=gen, dtype=torch.float64).numpy()
                 for k in range(V):
                     Rv = view_rotation(2 * math.pi * angles[k, 0], lo + (hi - lo) * angles[k, 1])
@@ -182,13 +182,6 @@ class ReconstructionDataset(Dataset):
             "label": int(self.shape_labels[s]), "shape": self.shape_names[s], "shape_index": s,
             "rotation": torch.from_numpy(self.rotations[i]),
         }
-
-
-def _render_mesh(vertices: np.ndarray, faces: np.ndarray):
-    """The flat-shaded triangle soup of a normalised mesh for the renderer (grey, face normals)."""
-    from pose_core.data.procedural import ProceduralShape, render_mesh
-
-    return render_mesh(ProceduralShape(name="shape", label=0, seed=0, vertices=vertices, faces=faces))
 
 
 def collate_reconstruction(batch: list[dict]) -> dict:
